@@ -1,0 +1,157 @@
+"""The base email backend: the send loop, with hooks for each transport."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, ClassVar
+
+from .. import conf
+from ..exceptions import InvalidMailer
+
+__all__ = ["BaseEmailBackend"]
+
+
+class BaseEmailBackend:
+    """
+    Base class for email backends.
+
+    ``send_messages()`` owns the loop: open the connection if needed, hand
+    each message to ``deliver()``, close what it opened. A subclass
+    implements ``deliver()`` and, if it keeps a connection, ``open()`` and
+    ``close()``. Options arrive as keyword arguments: a subclass names the
+    ones it takes and passes the rest up, where unknown ones are rejected.
+    """
+
+    #: Whether delivering reaches real mailboxes (the deploy checks warn when
+    #: the default mailer doesn't).
+    delivers_mail: ClassVar[bool] = False
+    #: Errors that ``fail_silently`` swallows while sending (never
+    #: configuration errors).
+    silenced_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: For a backend built without MAILERS (Django's get_connection(), the
+    #: EMAIL_BACKEND setting), the legacy setting each option defaults to.
+    legacy_settings: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self,
+        *,
+        alias: str | None = None,
+        fail_silently: bool = False,
+        _ignore_unknown_kwargs: set[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.alias = alias
+        self._from_settings: set[str] = set()
+        self.fail_silently = bool(fail_silently)
+        # Serialises use of one instance (and its connection) across threads.
+        self._lock = threading.RLock()
+        # Legacy call sites (get_connection(**kwargs), send_mail(auth_user=))
+        # pass options that only some backends take: those may be ignored.
+        for name in _ignore_unknown_kwargs or ():
+            kwargs.pop(name, None)
+        if kwargs:
+            names = ", ".join(repr(name) for name in sorted(kwargs))
+            if alias is None:
+                raise TypeError(
+                    f"{type(self).__module__}.{type(self).__qualname__}() got "
+                    f"unknown options: {names}."
+                )
+            raise InvalidMailer(
+                f"unknown OPTIONS {names} for {type(self).__module__}."
+                f"{type(self).__qualname__}.",
+                alias=alias,
+                code="unknown_options",
+            )
+
+    def with_legacy_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """
+        Return ``options`` with those left as None read from legacy settings.
+
+        Only a backend built outside MAILERS (``alias`` is None) does this.
+        """
+        if self.alias is not None:
+            return options
+        options = dict(options)
+        for option, setting in self.legacy_settings.items():
+            if options.get(option) is None:
+                options[option] = conf.legacy_setting(setting)
+                self._from_settings.add(option)
+        return options
+
+    def config_error(self, option: str | None, detail: str) -> InvalidMailer:
+        """Return the error for a bad ``option``, naming where it was set."""
+        setting = None
+        if option in self._from_settings:
+            setting = self.legacy_settings[option]
+        return InvalidMailer(detail, alias=self.alias, option=option, setting=setting)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} alias={self.alias!r}>"
+
+    def open(self) -> bool | None:
+        """
+        Open the connection if the backend has one and it isn't open.
+
+        Return True if a connection was opened, False if one was already
+        open (or the backend has none), None if opening failed silently.
+        """
+        return False
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+
+    def __enter__(self) -> BaseEmailBackend:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send_messages(self, email_messages: Sequence[Any]) -> int:
+        """Send the messages; return how many were sent."""
+        if not email_messages:
+            return 0
+        with self._lock:
+            try:
+                opened = self.open()
+            except self.silenced_errors:
+                if not self.fail_silently:
+                    raise
+                return 0
+            if opened is None:
+                return 0
+            sent = 0
+            try:
+                for message in email_messages:
+                    if self._deliver_one(message):
+                        sent += 1
+            finally:
+                if opened:
+                    self.close()
+        return sent
+
+    def _deliver_one(self, message: Any) -> bool:
+        try:
+            return self.deliver(message)
+        except self.silenced_errors:
+            if not self.fail_silently:
+                raise
+            return False
+
+    def deliver(self, message: Any) -> bool:
+        """Send one message over the open connection; return whether it went."""
+        raise NotImplementedError(
+            "subclasses of BaseEmailBackend must implement deliver() or "
+            "override send_messages()"
+        )

@@ -1,0 +1,157 @@
+"""
+System checks for the mail configuration (ids ``django_mailkit.E…/W…``).
+
+Each mailer is validated the way sending would build it, so a check error
+and a send-time error say the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+from .backends.base import BaseEmailBackend
+from .exceptions import InvalidMailer
+from .handler import DEFAULT_MAILER_ALIAS, mailers, resolve_backend_path
+from .message import to_address
+
+_DJANGO_61 = django.VERSION >= (6, 1)
+
+
+def _classify(exc: InvalidMailer) -> str:
+    """Return the check id for a configuration error."""
+    if exc.option in {"use_tls", "use_ssl"}:
+        return "django_mailkit.E004"
+    if exc.option == "file_path":
+        return "django_mailkit.E005"
+    if exc.code == "unknown_options":
+        return "django_mailkit.E006"
+    if exc.code == "backend_import":
+        return "django_mailkit.E003"
+    return "django_mailkit.E002"
+
+
+def _check_mailer(alias: str, build: Any) -> list[CheckMessage]:
+    try:
+        build()
+    except InvalidMailer as exc:
+        return [Error(str(exc), id=_classify(exc))]
+    except (ImproperlyConfigured, TypeError, ValueError) as exc:
+        return [
+            Error(
+                f"Mailer {alias!r} cannot be built: {exc}", id="django_mailkit.E002"
+            )
+        ]
+    return []
+
+
+@register(Tags.compatibility)
+def check_mailers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Validate MAILERS (or the legacy EMAIL_* settings) mailer by mailer."""
+    try:
+        configs = conf.mailers_setting()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="django_mailkit.E002")]
+    if configs is None:
+        return _check_mailer(
+            DEFAULT_MAILER_ALIAS,
+            lambda: mailers.create_legacy(alias=DEFAULT_MAILER_ALIAS),
+        )
+    errors: list[CheckMessage] = []
+    # Django 6.1 reports a missing default itself (mail.W001).
+    if DEFAULT_MAILER_ALIAS not in configs and not _DJANGO_61:
+        errors.append(
+            Warning(
+                "MAILERS has no 'default' entry: sending without using=... "
+                "will fail with MailerDoesNotExist.",
+                hint="Add a 'default' entry to MAILERS.",
+                id="django_mailkit.W001",
+            )
+        )
+    for alias in configs:
+        errors.extend(_check_mailer(alias, lambda alias=alias: mailers[alias]))
+    return errors
+
+
+@register(Tags.compatibility)
+def check_staff_settings(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Validate ADMINS and MANAGERS address by address."""
+    errors: list[CheckMessage] = []
+    for setting in ("ADMINS", "MANAGERS"):
+        try:
+            addresses = conf.staff_addresses(setting)
+            for address in addresses:
+                to_address(address, field=setting)
+        except (ImproperlyConfigured, ValueError) as exc:
+            errors.append(
+                Error(
+                    f"{setting}: {exc}",
+                    hint=f"{setting} is a list of address strings such as "
+                    "'Ops Team <ops@example.com>'.",
+                    id="django_mailkit.E007",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility, deploy=True)
+def check_default_mailer_delivers(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Warn when the default mailer is a development-only backend."""
+    configs = conf.mailers_setting()
+    if configs is None:
+        path = conf.legacy_setting("EMAIL_BACKEND", "")
+    elif isinstance(configs.get(DEFAULT_MAILER_ALIAS), dict):
+        path = configs[DEFAULT_MAILER_ALIAS].get("BACKEND", "")
+        if _DJANGO_61 and path.startswith("django.core.mail.backends."):
+            return []  # Django 6.1 reports its own backends (mail.E001).
+    else:
+        return []
+    try:
+        backend_class = mailers.import_backend(path or "")
+    except InvalidMailer:
+        return []  # check_mailers() reports it.
+    if not issubclass(backend_class, BaseEmailBackend) or backend_class.delivers_mail:
+        return []
+    return [
+        Warning(
+            f"The default mailer uses a development-only backend "
+            f"({resolve_backend_path(path)}): no email will reach its recipients.",
+            hint="Use the SMTP backend (or another delivering backend) in "
+            "production.",
+            id="django_mailkit.W002",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_django_mail_uses_mailers(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """On Django < 6.1, warn when Django's own mail would bypass MAILERS."""
+    if _DJANGO_61 or conf.mailers_setting() is None:
+        return []
+    if settings.is_overridden("EMAIL_BACKEND") and (
+        conf.legacy_setting("EMAIL_BACKEND") == BRIDGE_BACKEND
+    ):
+        return []
+    return [
+        Warning(
+            "MAILERS is defined, but this Django version only knows "
+            "EMAIL_BACKEND: mail sent by Django itself (password resets, "
+            "AdminEmailHandler, django.core.mail) does not use your mailers.",
+            hint=f"Set EMAIL_BACKEND = {BRIDGE_BACKEND!r}.",
+            id="django_mailkit.W003",
+        )
+    ]
+
+
+BRIDGE_BACKEND = "django_mailkit.backends.mailer.EmailBackend"

@@ -1,0 +1,119 @@
+"""
+Settings access, read at call time so ``override_settings`` works.
+
+Two kinds of settings are read here: Django's email settings (``MAILERS``, the
+legacy ``EMAIL_*`` settings, ``ADMINS``/``MANAGERS``), and django_mailkit's
+own options in the single ``MAILKIT`` dict, one getter per key with its
+default beside it.
+"""
+
+from __future__ import annotations
+
+from email.headerregistry import Address
+from typing import Any
+
+import django
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import Promise, empty
+
+from . import deprecation
+
+__all__ = [
+    "legacy_setting",
+    "mailers_setting",
+    "staff_addresses",
+]
+
+#: The legacy settings that configure the default mailer when MAILERS is not
+#: defined, with the backend option each one feeds.
+LEGACY_SMTP_SETTINGS = {
+    "host": "EMAIL_HOST",
+    "port": "EMAIL_PORT",
+    "username": "EMAIL_HOST_USER",
+    "password": "EMAIL_HOST_PASSWORD",
+    "use_tls": "EMAIL_USE_TLS",
+    "use_ssl": "EMAIL_USE_SSL",
+    "timeout": "EMAIL_TIMEOUT",
+    "ssl_certfile": "EMAIL_SSL_CERTFILE",
+    "ssl_keyfile": "EMAIL_SSL_KEYFILE",
+}
+LEGACY_FILE_SETTINGS = {"file_path": "EMAIL_FILE_PATH"}
+
+
+def _wrapped_settings() -> Any:
+    if settings._wrapped is empty:
+        settings._setup()
+    return settings._wrapped
+
+
+def legacy_setting(name: str, default: Any = None) -> Any:
+    """
+    Return a legacy ``EMAIL_*`` setting (or ``default`` when it is unset).
+
+    Django 6.1 warns on every read of these settings through
+    ``django.conf.settings``. Supporting them is this app's job, not a use
+    the project should be warned about, so they are read from the settings
+    object behind the lazy proxy (which is also where ``override_settings``
+    puts its values).
+    """
+    return getattr(_wrapped_settings(), name, default)
+
+
+def mailers_setting() -> dict[str, dict[str, Any]] | None:
+    """Return ``settings.MAILERS``, or None when the project doesn't define it."""
+    value = getattr(settings, "MAILERS", None)
+    if value is not None and not isinstance(value, dict):
+        raise ImproperlyConfigured(
+            f"The MAILERS setting must be a dict of mailer aliases, not "
+            f"{type(value).__name__}."
+        )
+    return value
+
+
+def staff_addresses(setting: str) -> list[str | Address]:
+    """
+    Return the addresses in ``ADMINS`` or ``MANAGERS``.
+
+    Both the current format (a list of address strings) and Django 5.2's
+    ``(name, address)`` pairs are accepted; a pair becomes an Address, so the
+    name is kept without formatting it into a string. Anything else raises
+    ImproperlyConfigured naming the setting and the offending item.
+    """
+    value = getattr(settings, setting)
+    if not value:
+        return []
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ImproperlyConfigured(
+            f"The {setting} setting must be a list of email address strings, "
+            f"not {type(value).__name__}."
+        )
+    addresses: list[str | Address] = []
+    has_pairs = False
+    for index, item in enumerate(value):
+        if isinstance(item, str | Promise):
+            addresses.append(str(item))
+        elif (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(part, str | Promise) for part in item)
+        ):
+            has_pairs = True
+            name, address = (str(part) for part in item)
+            try:
+                addresses.append(Address(display_name=name, addr_spec=address))
+            except (ValueError, IndexError) as exc:
+                raise ImproperlyConfigured(
+                    f"The {setting} setting has an invalid address at index "
+                    f"{index}: {address!r} ({exc})."
+                ) from exc
+        else:
+            raise ImproperlyConfigured(
+                f"The {setting} setting must be a list of email address "
+                f"strings; the item at index {index} is {item!r}."
+            )
+    # RemovedWithDjango2028: Django 5.2 documents the pairs (its own
+    # mail_admins() needs them), so only warn where Django deprecates them.
+    if has_pairs and django.VERSION >= (6, 0):
+        deprecation.warn(deprecation.ADDRESS_PAIRS.format(setting=setting))
+    return addresses

@@ -1,0 +1,88 @@
+"""
+Exceptions, in two families.
+
+Configuration errors (``InvalidMailer`` and ``MailerDoesNotExist``) are
+``ImproperlyConfigured``; ``fail_silently`` never swallows them. On Django 6.1
+they also subclass Django's classes of the same name, so code that catches
+``django.core.mail.InvalidMailer`` catches ours.
+
+Delivery errors raised by the SMTP backend are ``smtplib.SMTPException``
+subclasses, so existing ``except smtplib.SMTPException`` code keeps working.
+"""
+
+from __future__ import annotations
+
+import smtplib
+
+from django.core.exceptions import ImproperlyConfigured
+
+try:
+    from django.core.mail import InvalidMailer as _DjangoInvalidMailer
+    from django.core.mail import MailerDoesNotExist as _DjangoMailerDoesNotExist
+except ImportError:  # Django < 6.1
+    _DjangoInvalidMailer = ImproperlyConfigured  # type: ignore[assignment,misc]
+    _DjangoMailerDoesNotExist = KeyError  # type: ignore[assignment,misc]
+
+__all__ = ["InvalidMailer", "MailerDoesNotExist", "SMTPUTF8Unsupported"]
+
+
+class InvalidMailer(_DjangoInvalidMailer):
+    """
+    A mailer's configuration is wrong.
+
+    The message starts with where to fix it: ``MAILERS['alias']`` (and the
+    option), or the legacy ``EMAIL_*`` setting it came from.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        alias: str | None = None,
+        option: str | None = None,
+        setting: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.detail = detail
+        #: What kind of mistake, for the system checks: "unknown_options",
+        #: "backend_import", or None.
+        self.code = code
+        self.alias = alias
+        self.option = option
+        if setting is not None:
+            where = setting
+        elif alias is not None:
+            where = f"MAILERS[{alias!r}]"
+            if option is not None:
+                where += f"['OPTIONS'][{option!r}]"
+        elif option is not None:
+            where = f"Email backend option {option!r}"
+        else:
+            where = "Email backend"
+        Exception.__init__(self, f"{where}: {detail}")
+
+    def __str__(self) -> str:
+        # KeyError (a base of MailerDoesNotExist) would repr() the message.
+        return str(self.args[0])
+
+
+class MailerDoesNotExist(InvalidMailer, _DjangoMailerDoesNotExist):
+    """The alias is not defined in MAILERS. It is also a KeyError."""
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(
+            "is not defined; the configured mailers are listed in "
+            "settings.MAILERS.",
+            alias=alias,
+        )
+
+
+class SMTPUTF8Unsupported(smtplib.SMTPNotSupportedError):
+    """An address needs SMTPUTF8, but the server does not offer it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__(
+            f"The address {address!r} has a non-ASCII local part, which needs "
+            "the SMTPUTF8 extension, but the SMTP server does not offer it."
+        )

@@ -1,0 +1,598 @@
+"""
+Email messages: Django 6.1's EmailMessage API on every supported Django.
+
+Messages are built with Python's modern email API (``email.message`` with an
+``email.policy.EmailPolicy``), which encodes non-ASCII headers, folds long
+ones and chooses safe transfer encodings. Addresses are always handled as
+``email.headerregistry.Address`` objects, never formatted from strings.
+"""
+
+from __future__ import annotations
+
+import copy
+import email
+import email.message
+import email.policy
+import mimetypes
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.headerregistry import Address, AddressHeader
+from email.utils import make_msgid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import django
+from django.conf import settings
+from django.core.mail import message as django_message
+from django.core.mail.utils import DNS_NAME
+from django.utils.encoding import force_bytes, force_str, punycode
+from django.utils.timezone import get_current_timezone
+
+from . import deprecation
+
+if TYPE_CHECKING:
+    from .backends.base import BaseEmailBackend
+
+__all__ = [
+    "DEFAULT_ATTACHMENT_MIME_TYPE",
+    "DNS_NAME",
+    "BadHeaderError",
+    "EmailAlternative",
+    "EmailAttachment",
+    "EmailMessage",
+    "EmailMultiAlternatives",
+    "MIMEMessage",
+    "make_msgid",
+]
+
+#: MIME type of an attachment whose type is neither given nor guessable.
+DEFAULT_ATTACHMENT_MIME_TYPE = "application/octet-stream"
+
+# Every character that str.splitlines() treats as a line boundary: any of
+# them in a header value could start a new header somewhere down the line.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# RFC 5322 field names: printable US-ASCII except the colon.
+_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")
+
+# Headers whose value is a list of addresses (RFC 5322 3.6.2/3.6.3/3.6.6).
+_ADDRESS_HEADERS = frozenset(
+    {
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "resent-from",
+        "resent-sender",
+        "resent-to",
+        "resent-cc",
+    }
+)
+# Headers computed from the message structure: overriding them would
+# contradict the body.
+_STRUCTURAL_HEADERS = frozenset(
+    {"content-type", "content-transfer-encoding", "mime-version"}
+)
+# Defects that don't make an address unusable. Django has always allowed
+# local mailboxes such as "webmaster" (no domain), and a non-ASCII local part
+# is valid once SMTPUTF8 is in play (the SMTP backend checks that).
+_TOLERATED_DEFECTS = frozenset(
+    {
+        "addr-spec local part with no domain",
+        "local-part contains non-ASCII characters)",
+    }
+)
+
+
+class BadHeaderError(ValueError):
+    """A header name or value is unsafe (for example, contains a line break)."""
+
+
+class EmailAttachment(NamedTuple):
+    """An attachment given as data: filename, content and MIME type."""
+
+    filename: str | None
+    content: Any
+    mimetype: str
+
+
+class EmailAlternative(NamedTuple):
+    """An alternative rendering of the body, such as an HTML version."""
+
+    content: Any
+    mimetype: str
+
+
+class MIMEMessage(email.message.EmailMessage):
+    """
+    The ``email.message.EmailMessage`` returned by ``EmailMessage.message()``.
+
+    It also accepts ``linesep`` when serialized, as the legacy MIME classes
+    did, because Django 5.2's SMTP backend calls ``as_bytes(linesep="\\r\\n")``.
+    """
+
+    def as_bytes(
+        self,
+        unixfrom: bool = False,
+        policy: email.policy.Policy | None = None,
+        linesep: str | None = None,
+    ) -> bytes:
+        """Serialize the message to bytes, optionally with another line end."""
+        if linesep is not None:
+            policy = (policy or self.policy).clone(linesep=linesep)
+        return super().as_bytes(unixfrom=unixfrom, policy=policy)
+
+    def as_string(
+        self,
+        unixfrom: bool = False,
+        maxheaderlen: int | None = None,
+        policy: email.policy.Policy | None = None,
+        linesep: str | None = None,
+    ) -> str:
+        """Serialize the message to text, optionally with another line end."""
+        if linesep is not None:
+            policy = (policy or self.policy).clone(linesep=linesep)
+        return super().as_string(
+            unixfrom=unixfrom, maxheaderlen=maxheaderlen, policy=policy
+        )
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise BadHeaderError if ``value`` could inject a header into ``name``."""
+    if _LINE_BREAK.search(value):
+        raise BadHeaderError(
+            f"Header {name!r} must not contain line breaks (got {value!r})."
+        )
+
+
+def _check_header_name(name: Any) -> str:
+    if not isinstance(name, str) or not _FIELD_NAME.match(name):
+        raise BadHeaderError(
+            f"Invalid header name {name!r}: use printable ASCII without "
+            "spaces or colons."
+        )
+    return name
+
+
+def to_address(value: Any, *, field: str) -> Address:
+    """
+    Return ``value`` (an address string or Address) as a single Address.
+
+    ``field`` names where the address came from, for error messages.
+    """
+    if isinstance(value, Address):
+        for part in (value.display_name, value.username, value.domain):
+            check_header(field, part)
+        return value
+    text = str(value)  # may be a lazy translation string
+    check_header(field, text)
+    try:
+        parsed = AddressHeader.value_parser(text)
+    except (HeaderParseError, IndexError, ValueError) as exc:
+        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from exc
+    defects = {str(defect) for defect in parsed.all_defects} - _TOLERATED_DEFECTS
+    if defects:
+        raise ValueError(
+            f"Invalid address {text!r} in {field}: {'; '.join(sorted(defects))}."
+        )
+    mailboxes = parsed.all_mailboxes
+    if len(mailboxes) != 1:
+        raise ValueError(
+            f"Invalid address {text!r} in {field}: give exactly one address "
+            "per list item."
+        )
+    mailbox = mailboxes[0]
+    return Address(
+        display_name=mailbox.display_name or "",
+        username=mailbox.local_part or "",
+        domain=mailbox.domain or "",
+    )
+
+
+def _ascii_domain(address: Address) -> Address:
+    if address.domain.isascii():
+        return address
+    return Address(
+        display_name=address.display_name,
+        username=address.username,
+        domain=punycode(address.domain),
+    )
+
+
+def _as_list(value: Any, argument: str) -> list[Any]:
+    if not value:
+        return []
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f'"{argument}" argument must be a list or tuple')
+    return list(value)
+
+
+def _text(value: Any, encoding: str) -> str:
+    # surrogateescape keeps undecodable bytes round-trippable rather than
+    # failing deep inside the email package.
+    return force_str(value, encoding=encoding, errors="surrogateescape")
+
+
+class EmailMessage:
+    """An email message: subject, body, addresses, headers and attachments."""
+
+    #: Subtype of the ``text/*`` body part.
+    content_subtype = "plain"
+    #: Subtype of the ``multipart/*`` container that holds the attachments.
+    mixed_subtype = "mixed"
+    #: Charset for the body and text attachments; None means DEFAULT_CHARSET.
+    encoding: str | None = None
+
+    @deprecation.keyword_only_after(
+        "bcc", "connection", "attachments", "headers", "cc", "reply_to"
+    )
+    def __init__(
+        self,
+        subject: Any = "",
+        body: Any = "",
+        from_email: str | Address | None = None,
+        to: Sequence[str | Address] | None = None,
+        *,
+        bcc: Sequence[str | Address] | None = None,
+        connection: BaseEmailBackend | None = None,
+        attachments: Iterable[Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        cc: Sequence[str | Address] | None = None,
+        reply_to: Sequence[str | Address] | None = None,
+    ) -> None:
+        self.to = _as_list(to, "to")
+        self.cc = _as_list(cc, "cc")
+        self.bcc = _as_list(bcc, "bcc")
+        self.reply_to = _as_list(reply_to, "reply_to")
+        self.from_email = from_email or settings.DEFAULT_FROM_EMAIL
+        self.subject = subject
+        self.body = body or ""
+        self.attachments: list[Any] = []
+        for attachment in attachments or ():
+            if isinstance(attachment, email.message.Message):
+                self.attach(attachment)
+            else:
+                self.attach(*attachment)
+        self.extra_headers: dict[str, Any] = dict(headers or {})
+        if connection is not None:
+            deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedWithDjango2028
+        self._connection = connection  # RemovedWithDjango2028
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} subject={str(self.subject)!r} "
+            f"to={[str(a) for a in self.to]!r}>"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EmailMessage:
+        # A connection (a socket, a lock) is not part of the message: the
+        # copy shares it rather than failing to copy it.
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            if name != "_connection":
+                setattr(clone, name, copy.deepcopy(value, memo))
+        return clone
+
+    # RemovedWithDjango2028: the connection property.
+    @property
+    def connection(self) -> BaseEmailBackend | None:
+        deprecation.warn(deprecation.CONNECTION_ATTR)
+        return self._connection
+
+    @connection.setter
+    def connection(self, value: BaseEmailBackend | None) -> None:
+        deprecation.warn(deprecation.CONNECTION_ATTR)
+        self._connection = value
+
+    @property
+    def charset(self) -> str:
+        """The charset used for text parts: ``encoding`` or DEFAULT_CHARSET."""
+        return self.encoding or settings.DEFAULT_CHARSET
+
+    def recipients(self) -> list[str | Address]:
+        """Return every envelope recipient: the to, cc and bcc addresses."""
+        return [address for address in (*self.to, *self.cc, *self.bcc) if address]
+
+    def message(self, *, policy: email.policy.Policy = email.policy.default) -> MIMEMessage:
+        """Build this message as a Python ``email.message.EmailMessage``."""
+        msg = MIMEMessage(policy=policy)
+        self._add_headers(msg)
+        self._add_bodies(msg)
+        self._add_attachments(msg)
+        return msg
+
+    def send(self, fail_silently: bool = False, *, using: str | None = None) -> int:
+        """Send the message; return 1 if it was sent, else 0."""
+        if not self.recipients():
+            # Nobody to send to: don't even open a connection.
+            return 0
+        from .sending import backend_for
+
+        backend = backend_for(
+            using=using,
+            connection=self._connection,
+            fail_silently=fail_silently,
+        )
+        return backend.send_messages([self]) or 0
+
+    def attach(
+        self,
+        filename: str | email.message.Message | None = None,
+        content: Any = None,
+        mimetype: str | None = None,
+    ) -> None:
+        """
+        Attach a file's content, or a ready-made MIME part.
+
+        Call it as ``attach(filename, content, mimetype=None)`` or as
+        ``attach(mimepart)``. Without a mimetype, one is guessed from the
+        filename. Bytes given for a ``text/*`` type are decoded as UTF-8;
+        when that fails the type becomes application/octet-stream and the
+        bytes are attached unchanged.
+        """
+        if isinstance(filename, email.message.Message):
+            if content is not None or mimetype is not None:
+                raise ValueError(
+                    "content and mimetype must not be given when a MIME part "
+                    "is attached."
+                )
+            if not isinstance(filename, email.message.MIMEPart):
+                # RemovedWithDjango2028: legacy email.mime classes.
+                deprecation.warn(deprecation.MIMEBASE_ATTACHMENT)
+            self.attachments.append(filename)
+            return
+        if content is None:
+            raise ValueError(f"content must be provided for attachment {filename!r}.")
+        if mimetype is None:
+            guessed = mimetypes.guess_type(filename)[0] if filename else None
+            mimetype = guessed or DEFAULT_ATTACHMENT_MIME_TYPE
+        content, mimetype = _decode_text(content, mimetype, filename)
+        self.attachments.append(EmailAttachment(filename, content, mimetype))
+
+    def attach_file(self, path: str | Path, mimetype: str | None = None) -> None:
+        """Attach the file at ``path``; guess its MIME type if not given."""
+        path = Path(path)
+        self.attach(path.name, path.read_bytes(), mimetype)
+
+    # Building the MIME tree.
+
+    def _add_headers(self, msg: MIMEMessage) -> None:
+        extra: dict[str, tuple[str, Any]] = {}
+        for name, value in self.extra_headers.items():
+            key = _check_header_name(name).lower()
+            if key == "bcc":
+                raise ValueError(
+                    'Bcc is not a valid email header. Use the "bcc" argument '
+                    "to specify blind carbon copy recipients."
+                )
+            if key in _STRUCTURAL_HEADERS:
+                raise ValueError(
+                    f"Header {name!r} cannot be set through headers: it is "
+                    "computed from the message structure."
+                )
+            extra[key] = (name, value)
+
+        ascii_only = not getattr(msg.policy, "utf8", False)
+        generated: list[tuple[str, Any]] = [
+            ("Subject", str(self.subject)),
+            ("From", [self.from_email]),
+            ("To", self.to),
+            ("Cc", self.cc),
+            ("Reply-To", self.reply_to),
+        ]
+        for name, value in generated:
+            if name.lower() not in extra and value:
+                self._set_header(msg, name, value, ascii_only)
+        if "date" not in extra:
+            tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else UTC
+            msg["Date"] = datetime.now(tz)
+        if "message-id" not in extra:
+            # Read at call time: pytest-django replaces Django's DNS_NAME to
+            # keep getfqdn() out of tests.
+            msg["Message-ID"] = make_msgid(domain=str(django_message.DNS_NAME))
+        for name, value in extra.values():
+            self._set_header(msg, name, value, ascii_only)
+
+    def _set_header(
+        self, msg: MIMEMessage, name: str, value: Any, ascii_only: bool
+    ) -> None:
+        key = name.lower()
+        if key in _ADDRESS_HEADERS:
+            if isinstance(value, str | Address) or not isinstance(value, Iterable):
+                value = [value]
+            addresses = [to_address(item, field=name) for item in value]
+            if not addresses:
+                return
+            if ascii_only:
+                addresses = [_ascii_domain(a) for a in addresses]
+            msg[name] = addresses
+        elif isinstance(value, datetime) and key == "date":
+            msg[name] = value
+        else:
+            text = str(value)
+            check_header(name, text)
+            msg[name] = text
+
+    def _add_bodies(self, msg: MIMEMessage) -> None:
+        if self.body or not self.attachments:
+            msg.set_content(
+                _text(self.body, self.charset),
+                subtype=self.content_subtype,
+                charset=self.charset,
+            )
+
+    def _add_attachments(self, msg: MIMEMessage) -> None:
+        if not self.attachments:
+            return
+        msg.make_mixed()
+        for attachment in self.attachments:
+            if isinstance(attachment, email.message.Message):
+                msg.attach(attachment)
+            else:
+                self._add_attachment(msg, *attachment)
+        if self.mixed_subtype != "mixed":
+            msg.set_type(f"multipart/{self.mixed_subtype}")
+
+    def _add_attachment(
+        self, msg: MIMEMessage, filename: str | None, content: Any, mimetype: str
+    ) -> None:
+        # Attachments appended to self.attachments directly skip attach().
+        content, mimetype = _decode_text(content, mimetype, filename)
+        maintype, subtype = mimetype.split("/", 1)
+        if maintype == "text":
+            msg.add_attachment(
+                _text(content, self.charset),
+                subtype=subtype,
+                filename=filename,
+                charset=self.charset,
+            )
+        elif maintype == "message":
+            msg.add_attachment(
+                _as_mime(content, msg.policy), subtype=subtype, filename=filename
+            )
+        else:
+            msg.add_attachment(
+                bytes(content)
+                if isinstance(content, bytes | bytearray | memoryview)
+                else force_bytes(content, encoding=self.charset),
+                maintype=maintype,
+                subtype=subtype,
+                filename=filename,
+            )
+
+
+class EmailMultiAlternatives(EmailMessage):
+    """An EmailMessage with alternative renderings of its body, such as HTML."""
+
+    #: Subtype of the ``multipart/*`` container that holds the alternatives.
+    alternative_subtype = "alternative"
+
+    @deprecation.keyword_only_after(
+        "bcc",
+        "connection",
+        "attachments",
+        "headers",
+        "alternatives",
+        "cc",
+        "reply_to",
+    )
+    def __init__(
+        self,
+        subject: Any = "",
+        body: Any = "",
+        from_email: str | Address | None = None,
+        to: Sequence[str | Address] | None = None,
+        *,
+        bcc: Sequence[str | Address] | None = None,
+        connection: BaseEmailBackend | None = None,
+        attachments: Iterable[Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        alternatives: Iterable[tuple[Any, str]] | None = None,
+        cc: Sequence[str | Address] | None = None,
+        reply_to: Sequence[str | Address] | None = None,
+    ) -> None:
+        super().__init__(
+            subject,
+            body,
+            from_email,
+            to,
+            bcc=bcc,
+            connection=connection,
+            attachments=attachments,
+            headers=headers,
+            cc=cc,
+            reply_to=reply_to,
+        )
+        self.alternatives: list[EmailAlternative] = []
+        for content, mimetype in alternatives or ():
+            self.attach_alternative(content, mimetype)
+
+    def attach_alternative(self, content: Any, mimetype: str) -> None:
+        """Add an alternative rendering of the body, e.g. ``"text/html"``."""
+        if content is None or mimetype is None:
+            raise ValueError("Both content and mimetype must be provided.")
+        if "/" not in mimetype:
+            raise ValueError(f"Invalid MIME type {mimetype!r} for an alternative.")
+        self.alternatives.append(EmailAlternative(content, mimetype))
+
+    def body_contains(self, text: str) -> bool:
+        """Return whether ``text`` is in the body and every text/* alternative."""
+        if text not in self.body:
+            return False
+        for content, mimetype in self.alternatives:
+            if mimetype.startswith("text/"):
+                if isinstance(content, bytes):
+                    content = content.decode(errors="replace")
+                if text not in content:
+                    return False
+        return True
+
+    def _add_bodies(self, msg: MIMEMessage) -> None:
+        if self.body or not self.alternatives:
+            super()._add_bodies(msg)
+        if not self.alternatives:
+            return
+        msg.make_alternative()
+        for content, mimetype in self.alternatives:
+            maintype, subtype = mimetype.split("/", 1)
+            if maintype == "text":
+                msg.add_alternative(
+                    _text(content, self.charset),
+                    subtype=subtype,
+                    charset=self.charset,
+                )
+            else:
+                msg.add_alternative(
+                    force_bytes(content, encoding=self.charset),
+                    maintype=maintype,
+                    subtype=subtype,
+                )
+        if self.alternative_subtype != "alternative":
+            msg.set_type(f"multipart/{self.alternative_subtype}")
+
+
+def _decode_text(content: Any, mimetype: str, filename: str | None) -> tuple[Any, str]:
+    """Decode bytes given for a text/* type, or fall back to octet-stream."""
+    if "/" not in mimetype:
+        raise ValueError(f"Invalid MIME type {mimetype!r} for attachment {filename!r}.")
+    if mimetype.startswith("text/") and isinstance(content, bytes | bytearray):
+        try:
+            return bytes(content).decode(), mimetype
+        except UnicodeDecodeError:
+            return content, DEFAULT_ATTACHMENT_MIME_TYPE
+    return content, mimetype
+
+
+def _as_mime(content: Any, policy: email.policy.Policy) -> email.message.Message:
+    """Return message/rfc822 attachment content as a Python email message."""
+    if isinstance(content, EmailMessage):
+        return content.message(policy=policy)
+    if isinstance(content, django_message.EmailMessage):
+        if django.VERSION >= (6, 0):
+            return content.message(policy=policy)
+        # Django 5.2 builds legacy compat32 objects: re-parse them so the
+        # whole tree follows one policy.
+        data = content.message().as_bytes(linesep="\n")
+        return email.message_from_bytes(data, policy=policy)
+    if isinstance(content, email.message.Message):
+        return content
+    return email.message_from_bytes(force_bytes(content), policy=policy)
+
+
+def render(email_message: Any, policy: email.policy.Policy) -> email.message.Message:
+    """
+    Build any EmailMessage-like object (ours or Django's) under ``policy``.
+
+    Django 5.2's EmailMessage.message() takes no policy and returns a legacy
+    compat32 object; its wire form is re-parsed under ``policy``.
+    """
+    if isinstance(email_message, EmailMessage) or django.VERSION >= (6, 0):
+        return email_message.message(policy=policy)
+    try:
+        return email_message.message(policy=policy)
+    except TypeError:
+        data = email_message.message().as_bytes(linesep="\n")
+        return email.message_from_bytes(data, policy=policy)
