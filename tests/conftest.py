@@ -1,0 +1,3 @@
+"""Shared pytest configuration for django_mailkit's tests."""
+
+pytest_plugins = ["tests.smtpserver"]

@@ -1,0 +1,1 @@
+"""aiosmtpd-based SMTP servers for tests (fixtures)."""
