@@ -51,6 +51,11 @@ class BaseEmailBackend:
         # pass options that only some backends take: those may be ignored.
         for name in _ignore_unknown_kwargs or ():
             kwargs.pop(name, None)
+        if alias is None:
+            # Django's own send_mail(auth_user=...) builds EMAIL_BACKEND with
+            # these whatever the backend; Django's backends ignore them.
+            kwargs.pop("username", None)
+            kwargs.pop("password", None)
         if kwargs:
             names = ", ".join(repr(name) for name in sorted(kwargs))
             if alias is None:

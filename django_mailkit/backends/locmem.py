@@ -32,7 +32,9 @@ class EmailBackend(BaseEmailBackend):
     def deliver(self, message: Any) -> bool:
         """Validate the message and append a stamped copy to the outbox."""
         render(message, email.policy.default)
-        sent = copy.deepcopy(message)
+        # A message built with connection=<this backend> must not copy the
+        # backend (its lock can't be copied): the memo maps it to itself.
+        sent = copy.deepcopy(message, {id(self): self})
         sent.sent_using = self.alias if self.alias is not None else "default"
         if not hasattr(mail, "outbox"):
             mail.outbox = []
