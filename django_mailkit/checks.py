@@ -11,7 +11,7 @@ from typing import Any
 
 import django
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from . import conf
@@ -50,7 +50,7 @@ def _check_mailer(alias: str, build: Any) -> list[CheckMessage]:
     return []
 
 
-@register(Tags.compatibility)
+@register("mail")
 def check_mailers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Validate MAILERS (or the legacy EMAIL_* settings) mailer by mailer."""
     try:
@@ -78,7 +78,7 @@ def check_mailers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
-@register(Tags.compatibility)
+@register("mail")
 def check_staff_settings(
     app_configs: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -101,7 +101,7 @@ def check_staff_settings(
     return errors
 
 
-@register(Tags.compatibility, deploy=True)
+@register("mail", deploy=True)
 def check_default_mailer_delivers(
     app_configs: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
@@ -132,7 +132,7 @@ def check_default_mailer_delivers(
     ]
 
 
-@register(Tags.compatibility)
+@register("mail")
 def check_django_mail_uses_mailers(
     app_configs: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
