@@ -117,3 +117,70 @@ def staff_addresses(setting: str) -> list[str | Address]:
     if has_pairs and django.VERSION >= (6, 0):
         deprecation.warn(deprecation.ADDRESS_PAIRS.format(setting=setting))
     return addresses
+
+
+# django_mailkit's own settings: one MAILKIT dict, one getter per key.
+
+
+def _mailkit(key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+    options = getattr(settings, "MAILKIT", None) or {}
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured("The MAILKIT setting must be a dict.")
+    value = options.get(key, default)
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ImproperlyConfigured(
+            f"MAILKIT['{key}'] must be {_describe(kind)} (got {value!r})."
+        )
+    if kind is not bool and isinstance(value, int | float) and value < 0:
+        raise ImproperlyConfigured(f"MAILKIT['{key}'] must not be negative (got {value!r}).")
+    return value
+
+
+def _describe(kind: type | tuple[type, ...]) -> str:
+    if kind is bool:
+        return "True or False"
+    if kind is int:
+        return "a whole number"
+    if kind is str:
+        return "a string"
+    return "a number"
+
+
+def max_attempts() -> int:
+    """MAILKIT['MAX_ATTEMPTS']: delivery attempts before a message fails (5)."""
+    return max(1, _mailkit("MAX_ATTEMPTS", 5, int))
+
+
+def backoff_base() -> float:
+    """MAILKIT['BACKOFF_BASE']: seconds before the first retry (60)."""
+    return float(_mailkit("BACKOFF_BASE", 60, (int, float)))
+
+
+def backoff_cap() -> float:
+    """MAILKIT['BACKOFF_CAP']: the longest wait between attempts, seconds (3600)."""
+    return float(_mailkit("BACKOFF_CAP", 3600, (int, float)))
+
+
+def lease_seconds() -> float:
+    """MAILKIT['LEASE_SECONDS']: how long a worker's claim lasts (300)."""
+    return float(_mailkit("LEASE_SECONDS", 300, (int, float)))
+
+
+def batch_size() -> int:
+    """MAILKIT['BATCH_SIZE']: messages a worker claims at once (100)."""
+    return max(1, _mailkit("BATCH_SIZE", 100, int))
+
+
+def retention_days() -> int:
+    """MAILKIT['RETENTION_DAYS']: default age for ``mailkit_outbox purge`` (30)."""
+    return _mailkit("RETENTION_DAYS", 30, int)
+
+
+def use_tasks() -> bool:
+    """MAILKIT['USE_TASKS']: enqueue a delivery task per message on commit (True)."""
+    return _mailkit("USE_TASKS", True, bool)
+
+
+def task_backend() -> str:
+    """MAILKIT['TASK_BACKEND']: the TASKS alias delivery tasks go to ("default")."""
+    return _mailkit("TASK_BACKEND", "default", str)

@@ -7,22 +7,25 @@ import logging
 import os
 import smtplib
 import ssl
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from django.core.mail import message as django_message
-from django.utils.encoding import punycode
 
 from .. import conf
 from ..exceptions import SMTPUTF8Unsupported
-from ..message import render, to_address
+from ..message import envelope_address, render
 from ..signals import recipients_refused
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]
 
 logger = logging.getLogger("django_mailkit.smtp")
+
+#: RCPT TO replies that accept the recipient.
+ACCEPTED = frozenset({250, 251})
 
 
 class EmailBackend(BaseEmailBackend):
@@ -217,40 +220,112 @@ class EmailBackend(BaseEmailBackend):
         recipients = message.recipients()
         if not recipients:
             return False
-        if self.connection is None:
-            # An earlier message in this batch lost the connection.
-            if self.open() is None:
-                return False
-        connection = self.connection
-        assert connection is not None
         sender, sender_utf8 = envelope_address(message.from_email, field="from_email")
         envelope = [envelope_address(r, field="recipients") for r in recipients]
         international = sender_utf8 or any(utf8 for _, utf8 in envelope)
-        mail_options: list[str] = []
-        policy = email.policy.SMTP
-        if international:
-            connection.ehlo_or_helo_if_needed()
-            if not connection.has_extn("smtputf8"):
-                culprit = next(
-                    a for a, utf8 in [(sender, sender_utf8), *envelope] if utf8
-                )
-                raise SMTPUTF8Unsupported(culprit)
-            policy = email.policy.SMTPUTF8
-            mail_options.append("SMTPUTF8")
-            if connection.has_extn("8bitmime"):
-                mail_options.append("BODY=8BITMIME")
-        mime = render(message, policy)
-        data = mime.as_bytes()
-        try:
-            refused = connection.sendmail(
-                sender, [address for address, _ in envelope], data, mail_options
-            )
-        except smtplib.SMTPServerDisconnected:
-            # smtplib closed the socket; don't reuse this connection.
-            self.connection = None
-            raise
+        mime = render(
+            message, email.policy.SMTPUTF8 if international else email.policy.SMTP
+        )
+        result = self.transmit(
+            sender,
+            [address for address, _ in envelope],
+            mime.as_bytes(),
+            smtputf8=international,
+        )
+        refused = {
+            address: reply
+            for address, reply in result.replies.items()
+            if reply[0] not in ACCEPTED
+        }
+        if result.data_reply is None:
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, reply = result.data_reply
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
         self._report_refused(message, refused, mime.get("Message-ID", ""))
         return True
+
+    def transmit(
+        self,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        smtputf8: bool = False,
+    ) -> Transmission:
+        """
+        Run one SMTP mail transaction and return every reply the server gave.
+
+        ``sender`` and ``recipients`` are envelope addresses (see
+        ``envelope_address()``), ``data`` the message with CRLF line ends.
+        Raises ``SMTPSenderRefused`` when MAIL FROM is refused, and
+        smtplib's errors when the connection fails; refused recipients and
+        a refused DATA are reported in the result, not raised.
+        """
+        with self._lock:
+            if self.connection is None and self.open() is None:
+                raise smtplib.SMTPServerDisconnected("Could not connect (failed silently).")
+            connection = self.connection
+            assert connection is not None
+            try:
+                return self._transaction(connection, sender, recipients, data, smtputf8)
+            except smtplib.SMTPServerDisconnected:
+                # smtplib closed the socket; never reuse this connection.
+                self.connection = None
+                raise
+
+    def _transaction(
+        self,
+        connection: smtplib.SMTP,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        smtputf8: bool,
+    ) -> Transmission:
+        connection.ehlo_or_helo_if_needed()
+        options: list[str] = []
+        if smtputf8:
+            if not connection.has_extn("smtputf8"):
+                culprit = next(a for a in [sender, *recipients] if not a.isascii())
+                raise SMTPUTF8Unsupported(culprit)
+            options.append("SMTPUTF8")
+            if connection.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+        if connection.does_esmtp and connection.has_extn("size"):
+            options.append(f"SIZE={len(data)}")
+        code, reply = connection.mail(sender, options)
+        if code != 250:
+            self._end_transaction(connection, code)
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        replies: dict[str, tuple[int, bytes]] = {}
+        for address in recipients:
+            replies[address] = connection.rcpt(address)
+            if replies[address][0] == 421:
+                self._end_transaction(connection, 421)
+                raise smtplib.SMTPRecipientsRefused(
+                    {a: r for a, r in replies.items() if r[0] not in ACCEPTED}
+                )
+        if not any(code in ACCEPTED for code, _ in replies.values()):
+            self._end_transaction(connection, 0)
+            return Transmission(replies, None)
+        try:
+            data_reply = connection.data(data)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            data_reply = (exc.smtp_code, exc.smtp_error)
+        if data_reply[0] != 250:
+            self._end_transaction(connection, data_reply[0])
+        return Transmission(replies, data_reply)
+
+    def _end_transaction(self, connection: smtplib.SMTP, code: int) -> None:
+        """Reset after a refusal; on 421 the server is closing: so do we."""
+        if code == 421:
+            self.connection = None
+            _discard(connection)
+            return
+        try:
+            connection.rset()
+        except smtplib.SMTPServerDisconnected:
+            self.connection = None
 
     def _report_refused(
         self, message: Any, refused: dict[str, tuple[int, bytes]], message_id: str
@@ -260,7 +335,7 @@ class EmailBackend(BaseEmailBackend):
             for address, (code, reply) in refused.items()
         }
         # The SMTP conversation's outcome for this message, for callers
-        # (and the outbox) to inspect: empty when everyone was accepted.
+        # to inspect: empty when everyone was accepted.
         message.refused_recipients = details
         if not details:
             return
@@ -282,19 +357,14 @@ class EmailBackend(BaseEmailBackend):
         )
 
 
-def envelope_address(value: Any, *, field: str) -> tuple[str, bool]:
-    """
-    Return the SMTP envelope form of an address, and whether it needs SMTPUTF8.
+@dataclass
+class Transmission:
+    """The replies to one mail transaction."""
 
-    The domain is IDNA-encoded; a non-ASCII local part can't be encoded and
-    needs the server's SMTPUTF8 extension.
-    """
-    address = to_address(value, field=field)
-    username, domain = address.username, address.domain
-    if domain and not domain.isascii():
-        domain = punycode(domain)
-    addr_spec = type(address)(username=username, domain=domain).addr_spec
-    return addr_spec, not username.isascii()
+    #: RCPT TO reply per envelope recipient: (code, reply bytes).
+    replies: dict[str, tuple[int, bytes]]
+    #: The reply to DATA, or None when no recipient was accepted.
+    data_reply: tuple[int, bytes] | None
 
 
 def _discard(connection: smtplib.SMTP) -> None:

@@ -1,0 +1,121 @@
+"""
+Outbox backend: records each message in the database for later delivery.
+
+``send_messages()`` stores every message (its exact bytes, envelope and one
+row per recipient) in one transaction and returns how many were queued.
+Delivery happens after commit, through Django's Tasks framework when it is
+available, or by ``manage.py mailkit_worker``; a rolled-back transaction
+sends nothing.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from ..message import envelope_address, render
+from .base import BaseEmailBackend
+
+__all__ = ["EmailBackend"]
+
+
+class EmailBackend(BaseEmailBackend):
+    """Queue messages in the outbox; ``deliver_using`` names the real mailer."""
+
+    # It queues for a mailer that delivers (the deploy check looks there).
+    delivers_mail = True
+    silenced_errors = (DatabaseError,)
+
+    def __init__(self, *, deliver_using: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not deliver_using or not isinstance(deliver_using, str):
+            raise self.config_error(
+                "deliver_using",
+                "is required: the alias of the mailer that delivers queued "
+                "messages (for example an SMTP mailer).",
+            )
+        if deliver_using == self.alias:
+            raise self.config_error(
+                "deliver_using", "must name another mailer, not the outbox itself."
+            )
+        self.deliver_using = deliver_using
+
+    def send_messages(self, email_messages: Sequence[Any]) -> int:
+        """Store the messages; they are delivered after the transaction commits."""
+        if not email_messages:
+            return 0
+        # Build everything before touching the database: a message that
+        # can't be built raises here, to the code that sent it.
+        prepared = [
+            prepare(message) for message in email_messages if message.recipients()
+        ]
+        if not prepared:
+            return 0
+        try:
+            queued = self._store(prepared)
+        except self.silenced_errors:
+            if not self.fail_silently:
+                raise
+            return 0
+        return len(queued)
+
+    def _store(self, prepared: list[dict[str, Any]]) -> list[int]:
+        from ..models import OutboxMessage, Recipient
+        from ..tasks import enqueue_delivery
+
+        now = timezone.now()
+        with transaction.atomic():
+            records = OutboxMessage.objects.bulk_create(
+                [
+                    OutboxMessage(
+                        queued_via=self.alias or "",
+                        mailer=self.deliver_using,
+                        from_email=item["from_email"],
+                        recipients=item["recipients"],
+                        subject=item["subject"],
+                        message_id=item["message_id"],
+                        mime=item["mime"],
+                        created_at=now,
+                        updated_at=now,
+                        next_attempt_at=now,
+                    )
+                    for item in prepared
+                ]
+            )
+            Recipient.objects.bulk_create(
+                [
+                    Recipient(message=record, address=address, updated_at=now)
+                    for record, item in zip(records, prepared, strict=True)
+                    for address in item["recipients"]
+                ]
+            )
+            ids = [record.pk for record in records]
+            transaction.on_commit(lambda: enqueue_delivery(ids))
+        return ids
+
+
+def prepare(message: Any) -> dict[str, Any]:
+    """Return what the outbox stores for ``message``: envelope and bytes."""
+    sender, sender_utf8 = envelope_address(message.from_email, field="from_email")
+    recipients: list[str] = []
+    international = sender_utf8
+    for value in message.recipients():
+        address, utf8 = envelope_address(value, field="recipients")
+        international = international or utf8
+        if address not in recipients:
+            recipients.append(address)
+    # The bytes go on the wire as they are: SMTP line ends, and UTF-8
+    # headers only when an address needs SMTPUTF8 anyway.
+    policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+    mime = render(message, policy)
+    return {
+        "from_email": sender,
+        "recipients": recipients,
+        "subject": str(mime.get("Subject", "")),
+        "message_id": str(mime.get("Message-ID", "")),
+        "mime": mime.as_bytes(),
+    }

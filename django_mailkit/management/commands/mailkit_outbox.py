@@ -1,0 +1,165 @@
+"""``manage.py mailkit_outbox``: inspect and maintain the outbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count
+from django.utils import timezone
+
+from ... import conf
+from ...models import FINAL_STATUSES, OutboxMessage, Status
+
+STATUSES = [value for value, _ in Status.choices]
+
+
+class Command(BaseCommand):
+    help = "List, show, requeue, cancel or purge outbox messages."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        listing = sub.add_parser("list", help="List messages, newest first.")
+        listing.add_argument("--status", choices=STATUSES, action="append")
+        listing.add_argument("--using", metavar="ALIAS", help="Only this mailer.")
+        listing.add_argument("--recipient", help="Only messages to this address.")
+        listing.add_argument("--limit", type=int, default=50)
+
+        show = sub.add_parser("show", help="Show one message and its attempts.")
+        show.add_argument("id", type=int)
+
+        requeue = sub.add_parser("requeue", help="Queue failed messages again.")
+        requeue.add_argument("ids", type=int, nargs="*")
+        requeue.add_argument(
+            "--all-failed", action="store_true", help="Every failed message."
+        )
+        requeue.add_argument("--using", metavar="ALIAS", help="Only this mailer.")
+
+        cancel = sub.add_parser("cancel", help="Cancel queued messages.")
+        cancel.add_argument("ids", type=int, nargs="+")
+
+        purge = sub.add_parser("purge", help="Delete old messages.")
+        purge.add_argument(
+            "--older-than",
+            type=int,
+            metavar="DAYS",
+            help="Age in days (default: MAILKIT['RETENTION_DAYS']).",
+        )
+        purge.add_argument(
+            "--status",
+            choices=[s for s in STATUSES if s in FINAL_STATUSES],
+            action="append",
+            help="Only these statuses (default: every final status).",
+        )
+        purge.add_argument("--dry-run", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        getattr(self, f"handle_{options['action']}")(options)
+
+    def handle_list(self, options: dict[str, Any]) -> None:
+        qs = OutboxMessage.objects.all()
+        if options["status"]:
+            qs = qs.filter(status__in=options["status"])
+        if options["using"]:
+            qs = qs.filter(mailer=options["using"])
+        if options["recipient"]:
+            qs = qs.filter(recipient_set__address__iexact=options["recipient"])
+        rows = qs.order_by("-created_at", "-id")[: options["limit"]]
+        for m in rows:
+            self.stdout.write(
+                f"{m.pk:>8}  {m.created_at:%Y-%m-%d %H:%M:%S}  {m.status:<9} "
+                f"{m.mailer:<12} {m.attempts:>2}  {', '.join(m.recipients)[:40]:<40}  "
+                f"{m.subject[:60]}"
+            )
+
+    def handle_show(self, options: dict[str, Any]) -> None:
+        m = self._get(options["id"])
+        out = self.stdout
+        out.write(f"Message {m.pk}: {m.subject}")
+        out.write(f"  Message-ID: {m.message_id}")
+        out.write(f"  Status:     {m.status} after {m.attempts} attempt(s)")
+        out.write(f"  Mailer:     {m.mailer} (queued via {m.queued_via})")
+        out.write(f"  From:       {m.from_email}")
+        out.write(f"  Created:    {m.created_at:%Y-%m-%d %H:%M:%S %Z}")
+        if m.sent_at:
+            out.write(f"  Sent:       {m.sent_at:%Y-%m-%d %H:%M:%S %Z}")
+        if m.status == Status.QUEUED:
+            out.write(f"  Next try:   {m.next_attempt_at:%Y-%m-%d %H:%M:%S %Z}")
+        if m.last_error:
+            out.write(f"  Error:      {m.last_error}")
+        out.write("  Recipients:")
+        for r in m.recipient_set.all():
+            reply = f" {r.smtp_code} {r.smtp_reply}" if r.smtp_code else ""
+            out.write(f"    {r.address}: {r.status}{reply}")
+        out.write("  Attempts:")
+        for a in m.attempt_set.all():
+            reply = f" {a.smtp_code} {a.smtp_reply}" if a.smtp_code else ""
+            out.write(
+                f"    #{a.number} {a.started_at:%Y-%m-%d %H:%M:%S} {a.outcome}{reply}"
+                + (f" ({a.error})" if a.error else "")
+            )
+
+    def handle_requeue(self, options: dict[str, Any]) -> None:
+        if options["all_failed"]:
+            qs = OutboxMessage.objects.filter(status__in=[Status.FAILED, Status.PARTIAL])
+            if options["using"]:
+                qs = qs.filter(mailer=options["using"])
+            messages = list(qs)
+        elif options["ids"]:
+            messages = [self._get(pk) for pk in options["ids"]]
+        else:
+            raise CommandError("Give message ids, or --all-failed.")
+        done = [m.pk for m in messages if m.requeue()]
+        skipped = [m.pk for m in messages if m.pk not in done]
+        self.stdout.write(f"Requeued {len(done)} message(s).")
+        if skipped:
+            self.stderr.write(
+                f"Not failed, so not requeued: {', '.join(map(str, skipped))}."
+            )
+        self._enqueue(done)
+
+    def handle_cancel(self, options: dict[str, Any]) -> None:
+        messages = [self._get(pk) for pk in options["ids"]]
+        done = [m.pk for m in messages if m.cancel()]
+        self.stdout.write(f"Cancelled {len(done)} message(s).")
+        skipped = [m.pk for m in messages if m.pk not in done]
+        if skipped:
+            raise CommandError(
+                f"Not queued (already sending or done), so not cancelled: "
+                f"{', '.join(map(str, skipped))}."
+            )
+
+    def handle_purge(self, options: dict[str, Any]) -> None:
+        days = options["older_than"]
+        if days is None:
+            days = conf.retention_days()
+        if days < 0:
+            raise CommandError("--older-than must not be negative.")
+        statuses = options["status"] or sorted(FINAL_STATUSES)
+        cutoff = timezone.now() - timedelta(days=days)
+        qs = OutboxMessage.objects.filter(status__in=statuses, created_at__lt=cutoff)
+        counts = dict(qs.values_list("status").annotate(n=Count("id")).order_by())
+        total = sum(counts.values())
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
+        if options["dry_run"]:
+            self.stdout.write(
+                f"Would delete {total} message(s) older than {days} days ({detail})."
+            )
+            return
+        qs.delete()
+        self.stdout.write(f"Deleted {total} message(s) older than {days} days ({detail}).")
+
+    def _get(self, pk: int) -> OutboxMessage:
+        try:
+            return OutboxMessage.objects.get(pk=pk)
+        except OutboxMessage.DoesNotExist:
+            raise CommandError(f"No outbox message with id {pk}.") from None
+
+    def _enqueue(self, ids: list[int]) -> None:
+        from django.db import transaction
+
+        from ...tasks import enqueue_delivery
+
+        transaction.on_commit(lambda: enqueue_delivery(ids))

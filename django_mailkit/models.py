@@ -1,0 +1,338 @@
+"""
+The outbox: a persistent record of every message, its delivery attempts and
+the fate of each recipient.
+
+The schema is designed around the claim query (``OutboxMessageQuerySet.
+claim()``): queued messages that are due, oldest first, locked with SKIP
+LOCKED and leased to one worker. SMTP never happens inside a transaction;
+each state change is a short, conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import conf
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    SENDING = "sending", _("Sending")
+    SENT = "sent", _("Sent")
+    PARTIAL = "partial", _("Partially sent")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+#: Statuses a message never leaves on its own.
+FINAL_STATUSES = frozenset({Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED})
+
+
+class RecipientStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    DEFERRED = "deferred", _("Deferred (temporary failure)")
+    SENT = "sent", _("Accepted by the server")
+    FAILED = "failed", _("Failed")
+
+
+class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
+    def ready(self, now: datetime | None = None) -> OutboxMessageQuerySet:
+        """Queued messages whose next attempt is due."""
+        return self.filter(
+            status=Status.QUEUED, next_attempt_at__lte=now or timezone.now()
+        )
+
+    def queued(self) -> OutboxMessageQuerySet:
+        return self.filter(status=Status.QUEUED)
+
+    def sending(self) -> OutboxMessageQuerySet:
+        return self.filter(status=Status.SENDING)
+
+    def sent(self) -> OutboxMessageQuerySet:
+        return self.filter(status=Status.SENT)
+
+    def failed(self) -> OutboxMessageQuerySet:
+        return self.filter(status=Status.FAILED)
+
+    def expired_leases(self, now: datetime | None = None) -> OutboxMessageQuerySet:
+        """Messages claimed by a worker whose lease ran out (it crashed)."""
+        return self.filter(status=Status.SENDING, lease_expires_at__lt=now or timezone.now())
+
+    def recover_expired(self, now: datetime | None = None) -> int:
+        """Make messages whose worker died claimable again; return how many."""
+        return self.expired_leases(now).update(
+            status=Status.QUEUED, claimed_by="", lease_expires_at=None
+        )
+
+    def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease: timedelta,
+        mailer: str | None = None,
+        ids: list[int] | None = None,
+    ) -> list[OutboxMessage]:
+        """
+        Lease up to ``limit`` due messages to ``worker`` and return them.
+
+        The candidates are locked with SKIP LOCKED (PostgreSQL), so workers
+        don't wait on each other; the UPDATE is conditional on the status,
+        so two workers can never both claim a message, even on databases
+        without row locks (SQLite).
+        """
+        now = timezone.now()
+        candidates = self.ready(now).order_by("next_attempt_at", "id")
+        if mailer is not None:
+            candidates = candidates.filter(mailer=mailer)
+        if ids is not None:
+            candidates = candidates.filter(id__in=ids)
+        with transaction.atomic(using=self.db):
+            locked = list(
+                candidates.select_for_update(skip_locked=True, of=("self",))
+                .values_list("id", flat=True)[:limit]
+            )
+            if not locked:
+                return []
+            self.filter(id__in=locked, status=Status.QUEUED).update(
+                status=Status.SENDING,
+                claimed_by=worker,
+                lease_expires_at=now + lease,
+                attempts=F("attempts") + 1,
+                updated_at=now,
+            )
+        return list(
+            self.filter(id__in=locked, status=Status.SENDING, claimed_by=worker)
+            .order_by("next_attempt_at", "id")
+        )
+
+
+class OutboxMessage(models.Model):
+    """One message handed to the outbox, with its exact bytes and its state."""
+
+    queued_via = models.CharField(
+        _("queued via"), max_length=100, help_text=_("The outbox mailer alias.")
+    )
+    mailer = models.CharField(
+        _("mailer"), max_length=100, help_text=_("The mailer alias that delivers it.")
+    )
+    from_email = models.TextField(_("envelope sender"))
+    recipients = models.JSONField(_("envelope recipients"), default=list)
+    subject = models.TextField(_("subject"), blank=True)
+    message_id = models.CharField(_("Message-ID"), max_length=998, blank=True)
+    mime = models.BinaryField(_("message bytes"))
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    #: ``attempts`` when an admin last requeued the message: the retry budget
+    #: counts from there, while ``attempts`` keeps the whole history.
+    requeued_attempts = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now)
+    claimed_by = models.CharField(_("claimed by"), max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated"), default=timezone.now)
+    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    objects = OutboxMessageQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("outbox message")
+        verbose_name_plural = _("outbox messages")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The claim query: due queued messages, oldest due first.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(status="queued"),
+                name="mailkit_ready_idx",
+            ),
+            # Crash recovery: leases of messages still marked sending.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="sending"),
+                name="mailkit_lease_idx",
+            ),
+            # Admin: newest first, filtered by status or mailer.
+            models.Index(fields=["status", "-created_at"], name="mailkit_status_idx"),
+            models.Index(fields=["mailer", "-created_at"], name="mailkit_mailer_idx"),
+            models.Index(fields=["-created_at", "-id"], name="mailkit_created_idx"),
+            models.Index(fields=["message_id"], name="mailkit_msgid_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject or f"Message {self.pk}"
+
+    def parsed(self, policy: email.policy.Policy = email.policy.default) -> Any:
+        """Return the stored bytes parsed as a Python email message."""
+        return email.message_from_bytes(bytes(self.mime), policy=policy)
+
+    # State changes: each is a conditional UPDATE of the fields it touches,
+    # so a worker that lost its lease cannot overwrite another's result.
+
+    def _update_claimed(self, **fields: Any) -> bool:
+        fields["updated_at"] = timezone.now()
+        changed = (
+            type(self)
+            .objects.filter(pk=self.pk, status=Status.SENDING, claimed_by=self.claimed_by)
+            .update(**fields)
+        )
+        if changed:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(changed)
+
+    def release(self) -> bool:
+        """Give an untried claimed message back to the queue (worker stopping)."""
+        return self._update_claimed(
+            status=Status.QUEUED,
+            claimed_by="",
+            lease_expires_at=None,
+            attempts=self.attempts - 1,
+        )
+
+    def renew_lease(self, lease: timedelta) -> bool:
+        """Extend this worker's lease; False if it was lost meanwhile."""
+        return self._update_claimed(lease_expires_at=timezone.now() + lease)
+
+    def finish(self, status: str, *, error: str = "") -> bool:
+        """Record a final status (sent, partial or failed)."""
+        fields: dict[str, Any] = {
+            "status": status,
+            "lease_expires_at": None,
+            "last_error": error,
+        }
+        if status in (Status.SENT, Status.PARTIAL):
+            fields["sent_at"] = timezone.now()
+        return self._update_claimed(**fields)
+
+    def retry_later(self, *, error: str) -> bool:
+        """Queue the message again after a backoff that grows per attempt."""
+        delay = backoff(self.attempts)
+        return self._update_claimed(
+            status=Status.QUEUED,
+            claimed_by="",
+            lease_expires_at=None,
+            next_attempt_at=timezone.now() + delay,
+            last_error=error,
+        )
+
+    def requeue(self) -> bool:
+        """Queue a failed (or partially sent) message for immediate delivery."""
+        if self.status not in (Status.FAILED, Status.PARTIAL):
+            return False
+        now = timezone.now()
+        with transaction.atomic():
+            changed = (
+                type(self)
+                .objects.filter(pk=self.pk, status=self.status)
+                .update(
+                    status=Status.QUEUED,
+                    next_attempt_at=now,
+                    requeued_attempts=F("attempts"),
+                    last_error="",
+                    updated_at=now,
+                )
+            )
+            if changed:
+                self.recipient_set.filter(status=RecipientStatus.FAILED).update(
+                    status=RecipientStatus.PENDING
+                )
+        if changed:
+            self.refresh_from_db()
+        return bool(changed)
+
+    def cancel(self) -> bool:
+        """Cancel a queued message; False if it is no longer queued."""
+        changed = (
+            type(self)
+            .objects.filter(pk=self.pk, status=Status.QUEUED)
+            .update(status=Status.CANCELLED, updated_at=timezone.now())
+        )
+        if changed:
+            self.status = Status.CANCELLED
+        return bool(changed)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with full jitter, capped (MAILKIT settings)."""
+    base, cap = conf.backoff_base(), conf.backoff_cap()
+    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
+    # Full jitter spreads retries of a burst of failures over the window.
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+class Recipient(models.Model):
+    """One envelope recipient of an outbox message, and its fate."""
+
+    message = models.ForeignKey(
+        OutboxMessage,
+        on_delete=models.CASCADE,
+        related_name="recipient_set",
+        verbose_name=_("message"),
+    )
+    address = models.TextField(_("address"))
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=RecipientStatus.choices,
+        default=RecipientStatus.PENDING,
+    )
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    smtp_reply = models.TextField(_("SMTP reply"), blank=True)
+    updated_at = models.DateTimeField(_("updated"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("recipient")
+        verbose_name_plural = _("recipients")
+        ordering = ["id"]
+        indexes = [models.Index(fields=["address"], name="mailkit_rcpt_addr_idx")]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class Attempt(models.Model):
+    """One delivery attempt of an outbox message."""
+
+    class Outcome(models.TextChoices):
+        SENT = "sent", _("Sent")
+        PARTIAL = "partial", _("Partially sent")
+        RETRY = "retry", _("Temporary failure")
+        FAILED = "failed", _("Failed")
+
+    message = models.ForeignKey(
+        OutboxMessage,
+        on_delete=models.CASCADE,
+        related_name="attempt_set",
+        verbose_name=_("message"),
+    )
+    number = models.PositiveIntegerField(_("attempt"))
+    started_at = models.DateTimeField(_("started"))
+    finished_at = models.DateTimeField(_("finished"))
+    worker = models.CharField(_("worker"), max_length=200, blank=True)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices)
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    smtp_reply = models.TextField(_("SMTP reply"), blank=True)
+    error = models.TextField(_("error"), blank=True)
+    #: {address: [code, reply]} for every recipient this attempt addressed.
+    recipients = models.JSONField(_("recipient results"), default=dict)
+
+    class Meta:
+        verbose_name = _("delivery attempt")
+        verbose_name_plural = _("delivery attempts")
+        ordering = ["message", "number"]
+
+    def __str__(self) -> str:
+        return f"#{self.number}: {self.get_outcome_display()}"

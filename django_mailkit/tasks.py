@@ -1,0 +1,119 @@
+"""
+Task entry points for Django's Tasks framework.
+
+``django.tasks`` on Django 6.0+, the ``django-tasks`` backport on 5.2 when
+installed. A task takes only an outbox primary key: the message itself stays
+in the database. Import this module lazily (the outbox backend does, at
+commit time), never from models or the package root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from . import conf
+
+logger = logging.getLogger("django_mailkit.tasks")
+
+try:
+    from django.tasks import task, task_backends
+except ImportError:  # Django < 6.0
+    try:
+        from django_tasks import task, task_backends
+    except ImportError:
+        task = task_backends = None
+
+
+def worker_name(kind: str) -> str:
+    """Return a name for one claimant: host, process and a random suffix."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def deliver_message(outbox_id: int) -> str:
+    """
+    Deliver the outbox message ``outbox_id`` if it is due; return the outcome.
+
+    The message is claimed like a worker claims it, so a task and
+    ``mailkit_worker`` (or two copies of one task) never both send it.
+    """
+    from .delivery import deliver_batch
+    from .models import OutboxMessage
+
+    name = worker_name("task")
+    lease = timedelta(seconds=conf.lease_seconds())
+    claimed = OutboxMessage.objects.claim(name, limit=1, lease=lease, ids=[outbox_id])
+    if not claimed:
+        return "not due"  # sent, cancelled, not due yet, or claimed elsewhere
+    result = deliver_batch(claimed, worker=name, lease=lease)
+    if result.retry:
+        _schedule_retry(outbox_id)
+    return next(
+        kind
+        for kind in ("sent", "partial", "retry", "failed", "skipped")
+        if getattr(result, kind)
+    )
+
+
+if task is not None:
+    deliver_message_task: Any = task(deliver_message)
+else:
+    deliver_message_task = None
+
+
+def _backend_supports_defer() -> bool:
+    try:
+        return bool(task_backends[conf.task_backend()].supports_defer)
+    except Exception:
+        return False
+
+
+def _schedule_retry(outbox_id: int) -> None:
+    """Enqueue the next attempt at its due time, if the task backend can."""
+    from .models import OutboxMessage
+
+    if deliver_message_task is None or not _backend_supports_defer():
+        return  # mailkit_worker picks it up when it is due.
+    due = (
+        OutboxMessage.objects.filter(pk=outbox_id)
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    if due is not None:
+        deliver_message_task.using(
+            backend=conf.task_backend(), run_after=due
+        ).enqueue(outbox_id)
+
+
+def enqueue_delivery(outbox_ids: Iterable[int]) -> None:
+    """
+    Start delivering newly committed outbox messages.
+
+    With the Tasks framework, one task per message goes to
+    ``MAILKIT['TASK_BACKEND']`` (with the default immediate backend that
+    means delivery right now, synchronously). Without it, the messages are
+    delivered right now, the same way. ``MAILKIT['USE_TASKS'] = False``
+    leaves everything to ``mailkit_worker``. A failure here never loses a
+    message: it stays queued for the worker.
+    """
+    if not conf.use_tasks():
+        return
+    for outbox_id in outbox_ids:
+        try:
+            if deliver_message_task is None:
+                deliver_message(outbox_id)
+            else:
+                deliver_message_task.using(backend=conf.task_backend()).enqueue(
+                    outbox_id
+                )
+        except Exception:
+            logger.exception(
+                "Could not start delivering outbox message %s; it stays "
+                "queued for mailkit_worker.",
+                outbox_id,
+            )

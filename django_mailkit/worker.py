@@ -1,0 +1,146 @@
+"""
+The outbox worker: claims due messages in batches and delivers them.
+
+``manage.py mailkit_worker`` is a thin wrapper around ``Worker``, which tests
+drive directly. Many workers, on many hosts, may run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TextIO
+
+from django.db import close_old_connections
+
+from . import conf
+from .delivery import deliver_batch
+from .models import OutboxMessage
+from .tasks import worker_name
+
+logger = logging.getLogger("django_mailkit.worker")
+
+__all__ = ["Worker", "WorkerStats"]
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    sent: int = 0
+    partial: int = 0
+    retry: int = 0
+    failed: int = 0
+    recovered: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.partial + self.retry + self.failed
+
+    def summary(self) -> str:
+        return (
+            f"{self.handled} messages in {self.batches} batches: {self.sent} sent, "
+            f"{self.partial} partially sent, {self.retry} to retry, "
+            f"{self.failed} failed; {self.recovered} recovered from crashed workers."
+        )
+
+
+class Worker:
+    """
+    Deliver due outbox messages until told to stop.
+
+    ``once`` drains what is due and returns; ``max_messages`` stops after
+    that many attempts; ``mailer`` limits the worker to one mailer alias.
+    ``request_stop()`` (the first SIGTERM) lets the message in flight finish
+    and gives the rest of the batch back to the queue.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int | None = None,
+        mailer: str | None = None,
+        max_messages: int | None = None,
+        interval: float = 1.0,
+        once: bool = False,
+        name: str | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        self.batch_size = batch_size or conf.batch_size()
+        self.mailer = mailer
+        self.max_messages = max_messages
+        self.interval = interval
+        self.once = once
+        self.name = name or worker_name("worker")
+        self.stdout = stdout
+        self.stats = WorkerStats()
+        self._stopping = False
+
+    def request_stop(self) -> None:
+        """Finish the message in flight, then stop."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run(self) -> WorkerStats:
+        """Work until stopped, drained (``once``) or ``max_messages`` is reached."""
+        self._say(f"Worker {self.name} started.")
+        while not self._stopping:
+            remaining = self._remaining()
+            if remaining == 0:
+                break
+            try:
+                handled = self.run_batch(min(self.batch_size, remaining))
+            except Exception:
+                # The queue must keep moving: log, pause, go on.
+                logger.exception("Outbox worker batch failed")
+                close_old_connections()
+                handled = 0
+            if not handled:
+                if self.once:
+                    break
+                self._sleep(self.interval)
+        self._say(f"Worker {self.name} stopped: {self.stats.summary()}")
+        return self.stats
+
+    def run_batch(self, limit: int) -> int:
+        """Claim up to ``limit`` messages and deliver them; return how many."""
+        lease = timedelta(seconds=conf.lease_seconds())
+        self.stats.recovered += OutboxMessage.objects.recover_expired()
+        claimed = OutboxMessage.objects.claim(
+            self.name, limit=limit, lease=lease, mailer=self.mailer
+        )
+        if not claimed:
+            return 0
+        started = time.monotonic()
+        result = deliver_batch(
+            claimed, worker=self.name, lease=lease, should_stop=lambda: self._stopping
+        )
+        self.stats.batches += 1
+        for kind in ("sent", "partial", "retry", "failed"):
+            setattr(self.stats, kind, getattr(self.stats, kind) + len(getattr(result, kind)))
+        self._say(
+            f"Batch of {len(claimed)}: {len(result.sent)} sent, "
+            f"{len(result.partial)} partial, {len(result.retry)} retry, "
+            f"{len(result.failed)} failed, {len(result.skipped)} released "
+            f"({time.monotonic() - started:.2f}s)."
+        )
+        return result.handled
+
+    def _remaining(self) -> int | None:
+        if self.max_messages is None:
+            return None
+        return max(self.max_messages - self.stats.handled, 0)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, seconds))
+
+    def _say(self, line: str) -> None:
+        if self.stdout is not None:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()
