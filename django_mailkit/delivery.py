@@ -104,11 +104,11 @@ def _header_addresses(parsed: Any, name: str) -> list[str]:
     return [str(address) for address in header.addresses]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """The result of one attempt, before it is written."""
 
-    kind: str  # an Attempt.Outcome value
+    kind: str = field(kw_only=False)  # an Attempt.Outcome value
     #: The connection can't be used for another message.
     connection_lost: bool = False
     replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)
@@ -207,22 +207,25 @@ def _attempt(record: OutboxMessage, backend: BaseEmailBackend | Exception) -> Ou
             )
             return _smtp_outcome(transmission)
         if backend.send_messages([StoredMessage(record, pending)]):
-            return Outcome("sent", {address: (None, "") for address in pending})
+            return Outcome("sent", replies={address: (None, "") for address in pending})
         return Outcome("retry", error="The mailer reported the message as not sent.")
     except Exception as exc:
         return _failure(exc)
 
 
 def _smtp_outcome(transmission: Any) -> Outcome:
-    replies: dict[str, tuple[int | None, str]] = dict(transmission.replies)
-    accepted = [a for a, (code, _) in replies.items() if 200 <= code < 300]
-    data = transmission.data_reply
-    if accepted and data is not None:
-        code, reply = data
-        for address in accepted:
-            replies[address] = (code, reply)
-    else:
-        code, reply = (None, "") if data is None else data
+    replies: dict[str, tuple[int | None, str]] = {
+        address: (code, _decode(reply))
+        for address, (code, reply) in transmission.replies.items()
+    }
+    code: int | None = None
+    reply = ""
+    if transmission.data_reply is not None:
+        code, reply = transmission.data_reply[0], _decode(transmission.data_reply[1])
+        # DATA's answer is the answer for every recipient RCPT accepted.
+        for address, (rcpt_code, _) in list(replies.items()):
+            if rcpt_code is not None and 200 <= rcpt_code < 300:
+                replies[address] = (code, reply)
     codes = [c for c, _ in replies.values() if c is not None]
     if all(200 <= c < 300 for c in codes):
         kind = "sent"
@@ -232,7 +235,7 @@ def _smtp_outcome(transmission: Any) -> Outcome:
         kind = "partial"
     else:
         kind = "failed"
-    return Outcome(kind, replies, code, reply)
+    return Outcome(kind, replies=replies, code=code, reply=reply)
 
 
 def _failure(exc: BaseException) -> Outcome:
@@ -251,6 +254,7 @@ def _failure(exc: BaseException) -> Outcome:
         )
     if isinstance(exc, smtplib.SMTPResponseException):
         code, reply = exc.smtp_code, _decode(exc.smtp_error)
+        text = f"{type(exc).__name__}: {code} {reply}"
         temporary = not 500 <= code < 600
         return Outcome(
             "retry" if temporary else "failed",

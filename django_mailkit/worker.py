@@ -33,6 +33,8 @@ class WorkerStats:
     retry: int = 0
     failed: int = 0
     recovered: int = 0
+    #: Batches that failed as a whole (logged; the worker went on).
+    errors: int = 0
 
     @property
     def handled(self) -> int:
@@ -92,11 +94,13 @@ class Worker:
             remaining = self._remaining()
             if remaining == 0:
                 break
+            limit = self.batch_size if remaining is None else min(self.batch_size, remaining)
             try:
-                handled = self.run_batch(min(self.batch_size, remaining))
+                handled = self.run_batch(limit)
             except Exception:
                 # The queue must keep moving: log, pause, go on.
                 logger.exception("Outbox worker batch failed")
+                self.stats.errors += 1
                 close_old_connections()
                 handled = 0
             if not handled:

@@ -38,12 +38,28 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": ":memory:",
+# The suite runs on SQLite; MAILKIT_DB=postgresql runs it (the parts marked
+# "postgres") against the PostgreSQL server that .ci/services starts.
+if os.environ.get("MAILKIT_DB") == "postgresql":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("PGHOST", "localhost"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "USER": os.environ.get("PGUSER", "mailkit"),
+            "PASSWORD": os.environ.get("PGPASSWORD", "mailkit"),
+            "NAME": os.environ.get("MAILKIT_DB_NAME", "mailkit"),
+            # One test database per tox environment, so they can run at once.
+            "TEST": {"NAME": os.environ.get("MAILKIT_TEST_DB_NAME", "test_mailkit")},
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("MAILKIT_DB_NAME", ":memory:"),
+        }
+    }
 
 # The suite runs under a configuration that uses MAILERS, as new projects do.
 # Tests of the legacy EMAIL_* path override MAILERS away.
@@ -61,3 +77,16 @@ DEFAULT_FROM_EMAIL = "webmaster@example.com"
 SERVER_EMAIL = "server@example.com"
 ADMINS = ["Admin One <admin1@example.com>", "admin2@example.com"]
 MANAGERS = ["manager@example.com"]
+
+# Retries come quickly in tests.
+MAILKIT = {"BACKOFF_BASE": 1, "BACKOFF_CAP": 2}
+
+try:  # The Tasks backport, on Django < 6.0 (tox installs it there).
+    import django_tasks  # noqa: F401
+except ImportError:
+    pass
+else:
+    import django
+
+    if django.VERSION < (6, 0):
+        INSTALLED_APPS.append("django_tasks")
