@@ -73,6 +73,25 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             status=Status.QUEUED, claimed_by="", lease_expires_at=None
         )
 
+    def claimable(
+        self,
+        now: datetime,
+        *,
+        mailer: str | None = None,
+        ids: list[int] | None = None,
+    ) -> models.QuerySet[Any]:
+        """The claim query: ids of due messages, oldest due first, locked."""
+        candidates = self.ready(now)
+        if mailer is not None:
+            candidates = candidates.filter(mailer=mailer)
+        if ids is not None:
+            candidates = candidates.filter(id__in=ids)
+        return (
+            candidates.order_by("next_attempt_at", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("id", flat=True)
+        )
+
     def claim(
         self,
         worker: str,
@@ -91,16 +110,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         without row locks (SQLite).
         """
         now = timezone.now()
-        candidates = self.ready(now).order_by("next_attempt_at", "id")
-        if mailer is not None:
-            candidates = candidates.filter(mailer=mailer)
-        if ids is not None:
-            candidates = candidates.filter(id__in=ids)
         with transaction.atomic(using=self.db):
-            locked = list(
-                candidates.select_for_update(skip_locked=True, of=("self",))
-                .values_list("id", flat=True)[:limit]
-            )
+            locked = list(self.claimable(now, mailer=mailer, ids=ids)[:limit])
             if not locked:
                 return []
             self.filter(id__in=locked, status=Status.QUEUED).update(

@@ -1,0 +1,245 @@
+"""
+Many workers on PostgreSQL: real processes, a real SMTP sink, real locks.
+
+These run in the PostgreSQL pass only (MAILKIT_DB=postgresql).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from django_mailkit import EmailMessage, mailers
+from django_mailkit.models import Attempt, OutboxMessage, Status
+
+pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGE_ID = re.compile(rb"^Message-ID: (<[^>]+>)", re.MULTILINE | re.IGNORECASE)
+
+
+@pytest.fixture
+def outbox_to(smtp_server):
+    """Queue through the outbox (no tasks) for an SMTP mailer at the sink."""
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": smtp_server.host, "port": smtp_server.port},
+            },
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        yield smtp_server
+
+
+def queue(count, prefix="m"):
+    backend = mailers.default
+    for start in range(0, count, 500):
+        backend.send_messages(
+            [
+                EmailMessage(f"{prefix}{i}", "body", "from@example.com", [f"u{i}@example.com"])
+                for i in range(start, min(start + 500, count))
+            ]
+        )
+    return set(OutboxMessage.objects.values_list("message_id", flat=True))
+
+
+def start_worker(server, *args, lease=60):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+        "MAILKIT_DB": "postgresql",
+        "MAILKIT_DB_NAME": connection.settings_dict["NAME"],
+        "MAILKIT_SINK_PORT": str(server.port),
+        "MAILKIT_LEASE_SECONDS": str(lease),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "mailkit_worker", "--interval", "0.1", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def delivered_ids(server):
+    counts = Counter()
+    for delivery in list(server.deliveries):
+        match = MESSAGE_ID.search(delivery.data)
+        assert match, delivery.data[:200]
+        counts[match.group(1).decode()] += 1
+    return counts
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def finish(workers, timeout=60):
+    outputs = []
+    for worker in workers:
+        try:
+            out, _ = worker.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, _ = worker.communicate()
+        outputs.append(out)
+    return outputs
+
+
+def test_four_workers_deliver_each_message_exactly_once(outbox_to):
+    expected = queue(2000)
+    assert len(expected) == 2000
+    workers = [start_worker(outbox_to, "--once", "--batch-size", "50") for _ in range(4)]
+    outputs = finish(workers, timeout=240)
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], "\n".join(outputs)
+    counts = delivered_ids(outbox_to)
+    assert set(counts) == expected
+    assert [mid for mid, n in counts.items() if n > 1] == []
+    assert OutboxMessage.objects.exclude(status=Status.SENT).count() == 0
+    # The work really was shared: every worker delivered some of it.
+    per_worker = Counter(Attempt.objects.values_list("worker", flat=True))
+    assert len(per_worker) == 4, per_worker
+    assert sum(per_worker.values()) == 2000
+
+
+def test_sigkilled_worker_loses_nothing(outbox_to):
+    expected = queue(300)
+    outbox_to.stall("DATA", 0.02)  # keep batches in flight long enough to kill
+    victim = start_worker(outbox_to, "--batch-size", "40", lease=3)
+    wait_until(
+        lambda: OutboxMessage.objects.filter(
+            status=Status.SENDING, claimed_by__contains=f":{victim.pid}:"
+        ).exists()
+        and len(outbox_to.deliveries) >= 5,
+        30,
+        "the victim to claim a batch and deliver some of it",
+    )
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    stranded = set(
+        OutboxMessage.objects.filter(
+            status=Status.SENDING, claimed_by__contains=f":{victim.pid}:"
+        ).values_list("pk", flat=True)
+    )
+    assert stranded, "the victim died holding claimed messages"
+
+    rescuers = [start_worker(outbox_to, "--batch-size", "40", lease=3) for _ in range(2)]
+    try:
+        wait_until(
+            lambda: not OutboxMessage.objects.exclude(status=Status.SENT).exists(),
+            90,
+            "every message to be sent",
+        )
+    finally:
+        for worker in rescuers:
+            worker.send_signal(signal.SIGTERM)
+        outputs = finish(rescuers)
+    assert [w.returncode for w in rescuers] == [0, 0], "\n".join(outputs)
+
+    counts = delivered_ids(outbox_to)
+    assert set(counts) == expected, "a message was lost"
+    duplicates = [mid for mid, n in counts.items() if n > 1]
+    # Only the message on the wire when the victim died may go out twice.
+    assert len(duplicates) <= 1, duplicates
+    rescued = Attempt.objects.filter(message_id__in=stranded)
+    assert rescued.count() >= len(stranded)
+    assert not rescued.filter(worker__contains=f":{victim.pid}:").exists()
+    assert sum("recovered" in out and "0 recovered" not in out for out in outputs) >= 1
+
+
+def test_sigterm_finishes_the_message_in_flight(outbox_to):
+    queue(100)
+    outbox_to.stall("DATA", 0.05)
+    worker = start_worker(outbox_to, "--batch-size", "100")
+    wait_until(lambda: len(outbox_to.deliveries) >= 3, 30, "deliveries to start")
+    worker.send_signal(signal.SIGTERM)
+    (output,) = finish([worker])
+    assert worker.returncode == 0, output
+    assert "Finishing the message in flight" in output
+    sent = OutboxMessage.objects.filter(status=Status.SENT).count()
+    # Stopped early; whatever it had claimed but not tried went back.
+    assert 3 <= sent < 100
+    assert OutboxMessage.objects.filter(status=Status.SENDING).count() == 0
+    assert OutboxMessage.objects.filter(status=Status.QUEUED).count() == 100 - sent
+    assert len(delivered_ids(outbox_to)) == sent
+
+
+def test_claims_skip_rows_locked_by_another_transaction(outbox_to):
+    """A second real connection holds row locks; the claim skips, not waits."""
+    queue(10)
+    import psycopg
+
+    settings = connection.settings_dict
+    other = psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname=settings["NAME"],
+        autocommit=False,
+    )
+    try:
+        ids = list(
+            OutboxMessage.objects.order_by("next_attempt_at", "id").values_list("id", flat=True)
+        )
+        with other.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM django_mailkit_outboxmessage WHERE id = ANY(%s) FOR UPDATE",
+                [ids[:4]],
+            )
+        started = time.monotonic()
+        claimed = OutboxMessage.objects.claim("w", limit=10, lease=timedelta(minutes=1))
+        assert time.monotonic() - started < 2  # SKIP LOCKED: no waiting
+        assert sorted(m.pk for m in claimed) == ids[4:]
+    finally:
+        other.rollback()
+        other.close()
+
+
+def test_claim_query_uses_its_index(outbox_to):
+    """On a large table with few due rows, PostgreSQL plans the partial index."""
+    now = timezone.now()
+    rows = [
+        OutboxMessage(
+            queued_via="default",
+            mailer="smtp",
+            from_email="f@example.com",
+            recipients=["a@example.com"],
+            mime=b"x",
+            status=Status.QUEUED if i % 100 == 0 else Status.SENT,
+            next_attempt_at=now - timedelta(seconds=i),
+        )
+        for i in range(20000)
+    ]
+    OutboxMessage.objects.bulk_create(rows, batch_size=5000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_mailkit_outboxmessage")
+    with transaction.atomic(), connection.cursor() as cursor:
+        query = OutboxMessage.objects.claimable(timezone.now())[:100]
+        sql, params = query.query.sql_with_params()
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "mailkit_ready_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
