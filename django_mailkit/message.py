@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
-from email.headerregistry import Address, AddressHeader
+from email.headerregistry import Address, AddressHeader, Group
 from email.utils import make_msgid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,6 +28,7 @@ from django.conf import settings
 from django.core.mail import message as django_message
 from django.core.mail.utils import DNS_NAME
 from django.utils.encoding import force_bytes, force_str, punycode
+from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
 from . import deprecation
@@ -156,6 +157,28 @@ def _check_header_name(name: Any) -> str:
     return name
 
 
+def _parse_address_list(text: str, *, field: str) -> Any:
+    check_header(field, text)
+    try:
+        parsed = AddressHeader.value_parser(text)
+    except (HeaderParseError, IndexError, ValueError) as exc:
+        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from exc
+    defects = {str(defect) for defect in parsed.all_defects} - _TOLERATED_DEFECTS
+    if defects:
+        raise ValueError(
+            f"Invalid address {text!r} in {field}: {'; '.join(sorted(defects))}."
+        )
+    return parsed
+
+
+def _mailbox_address(mailbox: Any) -> Address:
+    return Address(
+        display_name=mailbox.display_name or "",
+        username=mailbox.local_part or "",
+        domain=mailbox.domain or "",
+    )
+
+
 def to_address(value: Any, *, field: str) -> Address:
     """
     Return ``value`` (an address string or Address) as a single Address.
@@ -167,28 +190,26 @@ def to_address(value: Any, *, field: str) -> Address:
             check_header(field, part)
         return value
     text = str(value)  # may be a lazy translation string
-    check_header(field, text)
-    try:
-        parsed = AddressHeader.value_parser(text)
-    except (HeaderParseError, IndexError, ValueError) as exc:
-        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from exc
-    defects = {str(defect) for defect in parsed.all_defects} - _TOLERATED_DEFECTS
-    if defects:
-        raise ValueError(
-            f"Invalid address {text!r} in {field}: {'; '.join(sorted(defects))}."
-        )
-    mailboxes = parsed.all_mailboxes
+    mailboxes = _parse_address_list(text, field=field).all_mailboxes
     if len(mailboxes) != 1:
         raise ValueError(
             f"Invalid address {text!r} in {field}: give exactly one address "
             "per list item."
         )
-    mailbox = mailboxes[0]
-    return Address(
-        display_name=mailbox.display_name or "",
-        username=mailbox.local_part or "",
-        domain=mailbox.domain or "",
-    )
+    return _mailbox_address(mailboxes[0])
+
+
+def _header_groups(text: str, *, field: str) -> list[Group]:
+    """
+    Return a whole address header value as Groups of Addresses.
+
+    Unlike a list item, a header value given as one string (in ``headers``)
+    may list several addresses, or groups such as ``undisclosed-recipients:;``.
+    """
+    return [
+        Group(item.display_name, [_mailbox_address(mb) for mb in item.all_mailboxes])
+        for item in _parse_address_list(text, field=field).addresses
+    ]
 
 
 def _ascii_domain(address: Address) -> Address:
@@ -401,14 +422,25 @@ class EmailMessage:
     ) -> None:
         key = name.lower()
         if key in _ADDRESS_HEADERS:
-            if isinstance(value, str | Address) or not isinstance(value, Iterable):
-                value = [value]
-            addresses = [to_address(item, field=name) for item in value]
-            if not addresses:
+            if isinstance(value, str | Promise):
+                groups = _header_groups(str(value), field=name)
+            else:
+                if isinstance(value, Address) or not isinstance(value, Iterable):
+                    value = [value]
+                # Empty items are skipped, as recipients() skips them.
+                groups = [
+                    Group(None, [to_address(item, field=name)])
+                    for item in value
+                    if item
+                ]
+            if not groups:
                 return
             if ascii_only:
-                addresses = [_ascii_domain(a) for a in addresses]
-            msg[name] = addresses
+                groups = [
+                    Group(g.display_name, [_ascii_domain(a) for a in g.addresses])
+                    for g in groups
+                ]
+            msg[name] = groups
         elif isinstance(value, datetime) and key == "date":
             msg[name] = value
         else:
