@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import email
+import functools
 import email.message
 import email.policy
 import mimetypes
@@ -31,7 +32,7 @@ from django.utils.encoding import force_bytes, force_str, punycode
 from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
-from . import deprecation
+from . import deprecation, wire
 
 if TYPE_CHECKING:
     from .backends.base import BaseEmailBackend
@@ -157,17 +158,18 @@ def _check_header_name(name: Any) -> str:
     return name
 
 
-def _parse_address_list(text: str, *, field: str) -> Any:
-    check_header(field, text)
+class _AddressError(Exception):
+    """Why an address doesn't parse (the caller says where it came from)."""
+
+
+def _parse_address_list(text: str) -> Any:
     try:
         parsed = AddressHeader.value_parser(text)
     except (HeaderParseError, IndexError, ValueError) as exc:
-        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from exc
+        raise _AddressError(str(exc)) from exc
     defects = {str(defect) for defect in parsed.all_defects} - _TOLERATED_DEFECTS
     if defects:
-        raise ValueError(
-            f"Invalid address {text!r} in {field}: {'; '.join(sorted(defects))}."
-        )
+        raise _AddressError(f"{'; '.join(sorted(defects))}.")
     return parsed
 
 
@@ -190,12 +192,38 @@ def to_address(value: Any, *, field: str) -> Address:
             check_header(field, part)
         return value
     text = str(value)  # may be a lazy translation string
-    mailboxes = _parse_address_list(text, field=field).all_mailboxes
-    if len(mailboxes) != 1:
-        raise ValueError(
-            f"Invalid address {text!r} in {field}: give exactly one address "
-            "per list item."
+    check_header(field, text)
+    try:
+        return _parse_mailbox(text)
+    except _AddressError as exc:
+        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+_SIMPLE_ADDRESS = re.compile(
+    rf"(?:(?P<name>{_ATOM}(?: {_ATOM})*) <)?(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_DOMAIN})(?(name)>)\Z"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_mailbox(text: str) -> Address:
+    """
+    Parse one address; cached, so a message's addresses (and a bulk
+    mailing's sender) are parsed once, for the headers and the envelope.
+    """
+    # The common shapes ("a@b.c", "Name <a@b.c>") skip the full parser,
+    # which gives the same result for them.
+    match = _SIMPLE_ADDRESS.match(text)
+    if match:
+        return Address(
+            display_name=match["name"] or "",
+            username=match["local"],
+            domain=match["domain"],
         )
+    mailboxes = _parse_address_list(text).all_mailboxes
+    if len(mailboxes) != 1:
+        raise _AddressError("give exactly one address per list item.")
     return _mailbox_address(mailboxes[0])
 
 
@@ -206,9 +234,14 @@ def _header_groups(text: str, *, field: str) -> list[Group]:
     Unlike a list item, a header value given as one string (in ``headers``)
     may list several addresses, or groups such as ``undisclosed-recipients:;``.
     """
+    check_header(field, text)
+    try:
+        parsed = _parse_address_list(text)
+    except _AddressError as exc:
+        raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
     return [
         Group(item.display_name, [_mailbox_address(mb) for mb in item.all_mailboxes])
-        for item in _parse_address_list(text, field=field).addresses
+        for item in parsed.addresses
     ]
 
 
@@ -380,7 +413,15 @@ class EmailMessage:
 
     # Building the MIME tree.
 
-    def _add_headers(self, msg: MIMEMessage) -> None:
+    def header_items(self, *, ascii_only: bool = True) -> list[tuple[str, Any]]:
+        """
+        Return the headers to write, in order, as ``(name, value)`` pairs.
+
+        A value is checked text, a datetime (Date) or a list of
+        ``email.headerregistry.Group`` (address headers; ``ascii_only``
+        punycodes their domains). ``message()`` and the fast renderer both
+        write exactly these.
+        """
         extra: dict[str, tuple[str, Any]] = {}
         for name, value in self.extra_headers.items():
             key = _check_header_name(name).lower()
@@ -396,30 +437,30 @@ class EmailMessage:
                 )
             extra[key] = (name, value)
 
-        ascii_only = not getattr(msg.policy, "utf8", False)
-        generated: list[tuple[str, Any]] = [
-            ("Subject", str(self.subject)),
+        items: list[tuple[str, Any]] = []
+        if "subject" not in extra:
+            items.append(("Subject", self._header_value("Subject", self.subject, ascii_only)))
+        for name, value in (
             ("From", [self.from_email]),
             ("To", self.to),
             ("Cc", self.cc),
             ("Reply-To", self.reply_to),
-        ]
-        for name, value in generated:
+        ):
             if name.lower() not in extra and value:
-                self._set_header(msg, name, value, ascii_only)
+                items.append((name, self._header_value(name, value, ascii_only)))
         if "date" not in extra:
             tz = get_current_timezone() if settings.EMAIL_USE_LOCALTIME else UTC
-            msg["Date"] = datetime.now(tz)
+            items.append(("Date", datetime.now(tz).replace(microsecond=0)))
         if "message-id" not in extra:
             # Read at call time: pytest-django replaces Django's DNS_NAME to
             # keep getfqdn() out of tests.
-            msg["Message-ID"] = make_msgid(domain=str(django_message.DNS_NAME))
+            items.append(("Message-ID", make_msgid(domain=str(django_message.DNS_NAME))))
         for name, value in extra.values():
-            self._set_header(msg, name, value, ascii_only)
+            items.append((name, self._header_value(name, value, ascii_only)))
+        # An address header whose every item was empty is left out.
+        return [(name, value) for name, value in items if value != []]
 
-    def _set_header(
-        self, msg: MIMEMessage, name: str, value: Any, ascii_only: bool
-    ) -> None:
+    def _header_value(self, name: str, value: Any, ascii_only: bool) -> Any:
         key = name.lower()
         if key in _ADDRESS_HEADERS:
             if isinstance(value, str | Promise):
@@ -433,20 +474,87 @@ class EmailMessage:
                     for item in value
                     if item
                 ]
-            if not groups:
-                return
             if ascii_only:
                 groups = [
                     Group(g.display_name, [_ascii_domain(a) for a in g.addresses])
                     for g in groups
                 ]
-            msg[name] = groups
-        elif isinstance(value, datetime) and key == "date":
+            return groups
+        if isinstance(value, datetime) and key == "date":
+            return value
+        text = str(value)
+        check_header(name, text)
+        return text
+
+    def _add_headers(self, msg: MIMEMessage) -> None:
+        ascii_only = not getattr(msg.policy, "utf8", False)
+        for name, value in self.header_items(ascii_only=ascii_only):
             msg[name] = value
-        else:
-            text = str(value)
-            check_header(name, text)
-            msg[name] = text
+
+    # The fast renderer (see wire.py): the same message, written directly.
+
+    def _wire(self, policy: email.policy.EmailPolicy) -> tuple[bytes, str]:
+        if self.charset.lower() not in ("utf-8", "utf8"):
+            raise wire.Unsupported("charset")
+        utf8, linesep = bool(policy.utf8), policy.linesep
+        items = self.header_items(ascii_only=not utf8)
+        head = "".join(
+            wire.header_line(name, value, utf8=utf8, linesep=linesep)
+            for name, value in items
+        )
+        message_id = next(
+            (str(value) for name, value in items if name.lower() == "message-id"), ""
+        )
+        body = self._wire_body(policy)
+        if self.attachments:
+            parts = [] if body is None else [body]
+            parts.extend(self._wire_attachment(a, policy) for a in self.attachments)
+            body = wire.multipart(self.mixed_subtype, parts, linesep=linesep)
+        assert body is not None
+        return wire.message_bytes(head, body, linesep=linesep), message_id
+
+    def _wire_body(self, policy: email.policy.EmailPolicy) -> bytes | None:
+        if not (self.body or not self.attachments):
+            return None
+        return wire.text_entity(
+            _text(self.body, self.charset),
+            self.content_subtype,
+            self.charset,
+            linesep=policy.linesep,
+        )
+
+    def _wire_attachment(self, attachment: Any, policy: email.policy.EmailPolicy) -> bytes:
+        linesep = policy.linesep
+        if isinstance(attachment, email.message.Message):
+            return attachment.as_bytes(policy=policy)
+        filename, content, mimetype = attachment
+        content, mimetype = _decode_text(content, mimetype, filename)
+        maintype, subtype = mimetype.split("/", 1)
+        if maintype == "text":
+            return wire.text_entity(
+                _text(content, self.charset),
+                subtype,
+                self.charset,
+                linesep=linesep,
+                disposition="attachment",
+                filename=filename,
+            )
+        if maintype == "message":
+            if isinstance(content, EmailMessage):
+                inner, _ = render_bytes(content, policy)
+            else:
+                inner = _as_mime(content, policy).as_bytes(policy=policy)
+            return wire.embedded_entity(
+                inner, mimetype, linesep=linesep, disposition="attachment", filename=filename
+            )
+        data = (
+            bytes(content)
+            if isinstance(content, bytes | bytearray | memoryview)
+            else force_bytes(content, encoding=self.charset)
+        )
+        return wire.binary_entity(
+            data, mimetype, linesep=linesep, disposition="attachment", filename=filename
+        )
 
     def _add_bodies(self, msg: MIMEMessage) -> None:
         if self.body or not self.attachments:
@@ -562,6 +670,32 @@ class EmailMultiAlternatives(EmailMessage):
                     return False
         return True
 
+    def _wire_body(self, policy: email.policy.EmailPolicy) -> bytes | None:
+        body = super()._wire_body(policy) if (self.body or not self.alternatives) else None
+        if not self.alternatives:
+            return body
+        parts = [] if body is None else [body]
+        for content, mimetype in self.alternatives:
+            maintype, subtype = mimetype.split("/", 1)
+            if maintype == "text":
+                parts.append(
+                    wire.text_entity(
+                        _text(content, self.charset),
+                        subtype,
+                        self.charset,
+                        linesep=policy.linesep,
+                    )
+                )
+            else:
+                parts.append(
+                    wire.binary_entity(
+                        force_bytes(content, encoding=self.charset),
+                        mimetype,
+                        linesep=policy.linesep,
+                    )
+                )
+        return wire.multipart(self.alternative_subtype, parts, linesep=policy.linesep)
+
     def _add_bodies(self, msg: MIMEMessage) -> None:
         if self.body or not self.alternatives:
             super()._add_bodies(msg)
@@ -612,6 +746,45 @@ def _as_mime(content: Any, policy: email.policy.Policy) -> email.message.Message
     if isinstance(content, email.message.Message):
         return content
     return email.message_from_bytes(force_bytes(content), policy=policy)
+
+
+# The methods that decide what message() builds: a subclass that overrides
+# any of them gets the standard route, so its customisation is honoured.
+_BUILD_METHODS = (
+    "message",
+    "header_items",
+    "_header_value",
+    "_add_headers",
+    "_add_bodies",
+    "_add_attachments",
+    "_add_attachment",
+)
+
+
+def _builds_like(cls: type) -> bool:
+    base = EmailMultiAlternatives if issubclass(cls, EmailMultiAlternatives) else EmailMessage
+    return all(getattr(cls, name) is getattr(base, name) for name in _BUILD_METHODS)
+
+
+def render_bytes(email_message: Any, policy: email.policy.Policy) -> tuple[bytes, str]:
+    """
+    Return the wire bytes of any EmailMessage-like object, and its Message-ID.
+
+    Messages of this app (and subclasses that don't change how they are
+    built) are written by the fast renderer when it handles them; the rest
+    go through ``message()``.
+    """
+    if (
+        isinstance(email_message, EmailMessage)
+        and _builds_like(type(email_message))
+        and wire.policy_supported(policy)
+    ):
+        try:
+            return email_message._wire(policy)  # type: ignore[arg-type]
+        except wire.Unsupported:
+            pass
+    mime = render(email_message, policy)
+    return mime.as_bytes(), str(mime.get("Message-ID", ""))
 
 
 def render(email_message: Any, policy: email.policy.Policy) -> email.message.Message:

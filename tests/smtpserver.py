@@ -373,6 +373,12 @@ class _Handler:
     def __init__(self, test_server: SMTPTestServer) -> None:
         self.test_server = test_server
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.test_server.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         reply = await self.test_server._misbehave("MAIL", server)
         if reply is not None:
@@ -467,9 +473,13 @@ class SMTPTestServer:
         auth_require_tls: bool = True,
         smtputf8: bool = True,
         client_ca: Path | None = None,
+        pipelining: bool = False,
     ) -> None:
         if tls not in (None, "starttls", "implicit"):
             raise ValueError(f"unknown tls mode {tls!r}")
+        #: Advertise PIPELINING (RFC 2920). aiosmtpd reads commands one line at
+        #: a time, so pipelined commands are served in order either way.
+        self.pipelining = pipelining
         self.deliveries: list[Delivery] = []
         self._sessions: list[SessionRecord] = []
         self._sessions_lock = threading.Lock()
@@ -654,13 +664,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def smtp_server_factory(pki: TestPKI) -> Iterator[Callable[..., SMTPTestServer]]:
-    """Return a function that starts an SMTPTestServer; all stop after the test."""
+@pytest.fixture(params=[False, True], ids=["serial", "pipelining"])
+def smtp_server_factory(
+    request: pytest.FixtureRequest, pki: TestPKI
+) -> Iterator[Callable[..., SMTPTestServer]]:
+    """
+    Return a function that starts an SMTPTestServer; all stop after the test.
+
+    Every test using it runs twice: against a server that offers PIPELINING
+    and one that doesn't, since the client takes a different path for each.
+    """
     servers: list[SMTPTestServer] = []
 
     def start(**kwargs: Any) -> SMTPTestServer:
         kwargs.setdefault("pki", pki)
+        kwargs.setdefault("pipelining", request.param)
         server = SMTPTestServer(**kwargs)
         server.start()
         servers.append(server)
