@@ -162,6 +162,13 @@ class OutboxMessage(models.Model):
         verbose_name = _("outbox message")
         verbose_name_plural = _("outbox messages")
         ordering = ["-created_at", "-id"]
+        # The admin's operations, each granted on its own (django_mailkit.admin).
+        permissions = [
+            ("resend_outboxmessage", _("Can resend outbox message")),
+            ("requeue_outboxmessage", _("Can requeue outbox message")),
+            ("cancel_outboxmessage", _("Can cancel outbox message")),
+            ("send_test_email", _("Can send a test email from the admin")),
+        ]
         indexes = [
             # The claim query: due queued messages, oldest due first.
             models.Index(

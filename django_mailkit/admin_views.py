@@ -1,0 +1,405 @@
+"""
+What the outbox admin shows and serves: stored messages read for display,
+the sandboxed HTML preview, downloads, and the test email.
+
+Everything here treats the stored message as untrusted input. Nothing from
+it is marked safe for an admin page: the HTML alternative is only ever
+served by itself, from its own URL, under a Content-Security-Policy that
+blocks scripts, forms, plugins and remote content, and sandboxes the
+document even when it is opened directly rather than in the admin's
+``<iframe sandbox>``. Downloads are attachments, never rendered.
+
+Permission checks belong to the callers (``OutboxMessageAdmin``); these
+functions only build responses.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.message
+import email.policy
+import mimetypes
+import os
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
+
+from django.contrib import messages
+from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.http import content_disposition_header
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
+
+from .backends.outbox import EmailBackend as OutboxBackend
+from .exceptions import InvalidMailer
+from .handler import mailers
+from .management.commands.sendtestemail import describe_error
+from .message import EmailMessage, make_msgid
+
+__all__ = [
+    "PREVIEW_CSP",
+    "PREVIEW_CSP_REMOTE_IMAGES",
+    "StoredMessage",
+    "TestEmailResult",
+    "eml_response",
+    "part_response",
+    "preview_response",
+    "send_test_email",
+]
+
+#: The HTML preview's policy: no script, no plugins, no forms, no frames,
+#: no fetches; inline styles and embedded images only; framed by the admin
+#: alone. ``sandbox`` gives the document an opaque origin even when it is
+#: opened as a page of its own, so it can never act as the admin.
+PREVIEW_CSP = (
+    "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'; "
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
+)
+#: The same, when the user asked for remote images (they reveal that the
+#: message was opened, and from where, to whoever serves them).
+PREVIEW_CSP_REMOTE_IMAGES = PREVIEW_CSP.replace(
+    "img-src data: cid:;", "img-src data: cid: https: http:;"
+)
+#: Downloads are never rendered; if a browser tried, nothing could run.
+DOWNLOAD_CSP = "default-src 'none'; sandbox"
+
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+_IMAGE_TYPE = re.compile(r"image/[a-z0-9][a-z0-9.+-]*")
+_UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A MIME part other than the bodies: an attachment or an inline part."""
+
+    index: int
+    content_type: str
+    filename: str
+    size: int
+    content_id: str
+    inline: bool
+
+
+class StoredMessage:
+    """A stored outbox message (its exact bytes), parsed for display."""
+
+    def __init__(self, mime: bytes) -> None:
+        self.message: email.message.EmailMessage = email.message_from_bytes(
+            mime, policy=email.policy.default
+        )
+
+    @cached_property
+    def headers(self) -> list[tuple[str, str]]:
+        """Every top-level header, decoded; a malformed one is shown raw."""
+        result = []
+        for name, raw in self.message.raw_items():
+            try:
+                value = str(self.message.policy.header_fetch_parse(name, raw))
+            except Exception:  # the email package's parsers raise anything
+                value = str(raw)
+            result.append((name, value))
+        return result
+
+    @cached_property
+    def _nodes(self) -> list[email.message.EmailMessage]:
+        """Every part in document order; an attached message is one part."""
+        nodes: list[email.message.EmailMessage] = []
+
+        def visit(part: email.message.EmailMessage) -> None:
+            nodes.append(part)
+            if part.get_content_maintype() == "multipart" and part.is_multipart():
+                for child in part.iter_parts():
+                    visit(child)
+
+        visit(self.message)
+        return nodes
+
+    @cached_property
+    def _text_part(self) -> email.message.EmailMessage | None:
+        return self.message.get_body(("plain",))
+
+    @cached_property
+    def _html_part(self) -> email.message.EmailMessage | None:
+        return self.message.get_body(("html",))
+
+    @property
+    def text(self) -> str | None:
+        """The plain-text body, or None when the message has none."""
+        return None if self._text_part is None else _decode_text(self._text_part)
+
+    @property
+    def html(self) -> str | None:
+        """The HTML alternative, or None. Untrusted: serve it, never embed it."""
+        return None if self._html_part is None else _decode_text(self._html_part)
+
+    @property
+    def has_html(self) -> bool:
+        return self._html_part is not None
+
+    def iter_parts(self) -> Iterator[tuple[int, email.message.EmailMessage]]:
+        """Yield (index, part) for every leaf that is not a body."""
+        bodies = {id(self._text_part), id(self._html_part)}
+        for index, part in enumerate(self._nodes):
+            if part.is_multipart() and part.get_content_maintype() == "multipart":
+                continue
+            if id(part) in bodies:
+                continue
+            yield index, part
+
+    @cached_property
+    def parts(self) -> list[Part]:
+        """The attachments and inline parts, for listing with download links."""
+        return [
+            Part(
+                index=index,
+                content_type=_content_type(part),
+                filename=_filename(part, index),
+                size=len(_payload(part)),
+                content_id=_content_id(part),
+                inline=part.get_content_disposition() != "attachment",
+            )
+            for index, part in self.iter_parts()
+        ]
+
+    def part(self, index: int) -> email.message.EmailMessage | None:
+        """Return the non-body leaf part at ``index`` (from ``parts``), or None."""
+        return dict(self.iter_parts()).get(index)
+
+    def preview_html(self) -> str | None:
+        """
+        Return the HTML alternative with its ``cid:`` images made ``data:`` URLs.
+
+        Browsers cannot resolve ``cid:`` references, so the inline images
+        (parts with a Content-ID) are embedded. Only exact ``cid:<id>``
+        strings are replaced, by base64 text, so this cannot add markup.
+        """
+        html = self.html
+        if html is None:
+            return None
+        for _index, part in self.iter_parts():
+            content_id = _content_id(part)
+            content_type = _content_type(part)
+            if not content_id or not _IMAGE_TYPE.fullmatch(content_type):
+                continue
+            data = base64.b64encode(_payload(part)).decode("ascii")
+            url = f"data:{content_type};base64,{data}"
+            for reference in {content_id, quote(content_id, safe="@")}:
+                html = html.replace(f"cid:{reference}", url)
+        return html
+
+
+def _decode_text(part: email.message.EmailMessage) -> str:
+    try:
+        content = part.get_content()
+    except (LookupError, UnicodeError, KeyError):
+        # An unknown or lying charset: show what there is.
+        content = _payload(part).decode("utf-8", "replace")
+    return (
+        content
+        if isinstance(content, str)
+        else bytes(content).decode("utf-8", "replace")
+    )
+
+
+def _payload(part: email.message.EmailMessage) -> bytes:
+    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+        return part.get_payload(0).as_bytes()
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _content_type(part: email.message.EmailMessage) -> str:
+    content_type = part.get_content_type()
+    return (
+        content_type
+        if _MIME_TYPE.fullmatch(content_type)
+        else "application/octet-stream"
+    )
+
+
+def _content_id(part: email.message.EmailMessage) -> str:
+    value = part.get("Content-ID")
+    return str(value).strip().strip("<>") if value else ""
+
+
+def _filename(part: email.message.EmailMessage, index: int) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:  # a malformed parameter
+        name = None
+    if name:
+        name = _UNSAFE_FILENAME.sub("_", os.path.basename(str(name))).strip(". ")
+    if not name:
+        # An inline image is known by its Content-ID, "logo@example.com".
+        stem = _UNSAFE_FILENAME.sub("_", _content_id(part).partition("@")[0])
+        extension = mimetypes.guess_extension(_content_type(part)) or ".bin"
+        name = f"{stem.strip('. ') or f'part-{index}'}{extension}"
+    return name
+
+
+def _attachment(body: bytes, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(
+        as_attachment=True, filename=filename
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = DOWNLOAD_CSP
+    return response
+
+
+def eml_response(record: Any) -> HttpResponse:
+    """Serve the exact stored bytes as a ``.eml`` file."""
+    return _attachment(
+        bytes(record.mime),
+        content_type="message/rfc822",
+        filename=f"outbox-message-{record.pk}.eml",
+    )
+
+
+def part_response(message: StoredMessage, index: int) -> HttpResponse | None:
+    """Serve one attachment or inline part for download, or None if absent."""
+    part = message.part(index)
+    if part is None:
+        return None
+    content_type = _content_type(part)
+    charset = part.get_content_charset()
+    if (
+        content_type.startswith("text/")
+        and charset
+        and _MIME_TYPE.fullmatch(f"x/{charset}")
+    ):
+        content_type = f"{content_type}; charset={charset}"
+    return _attachment(
+        _payload(part), content_type=content_type, filename=_filename(part, index)
+    )
+
+
+def preview_response(
+    message: StoredMessage, *, remote_images: bool = False
+) -> HttpResponse | None:
+    """Serve the HTML alternative, sandboxed by its CSP; None if there is none."""
+    html = message.preview_html()
+    if html is None:
+        return None
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Content-Security-Policy"] = (
+        PREVIEW_CSP_REMOTE_IMAGES if remote_images else PREVIEW_CSP
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    # Remote images, when allowed, must not learn the admin's URLs.
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@dataclass(frozen=True)
+class TestEmailResult:
+    """What happened to a test email: a messages level and a plain sentence."""
+
+    __test__ = False  # not a test class, despite the name
+
+    level: int
+    text: str
+    #: The outbox message it was queued as, when the mailer is an outbox.
+    outbox_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.level < messages.ERROR
+
+
+def send_test_email(recipients: list[str], *, using: str) -> TestEmailResult:
+    """
+    Send a test email with mailer ``using``, now, and say what happened.
+
+    SMTP errors are described as ``manage.py sendtestemail`` describes them.
+    With an outbox mailer the message is queued, and delivered the way the
+    outbox delivers everything.
+    """
+    from .models import OutboxMessage
+
+    message_id = make_msgid()
+    message = EmailMessage(
+        subject=f"Test email from {socket.gethostname()} on {timezone.now()}",
+        body="If you're reading this, it was successful.",
+        to=recipients,
+        headers={"Message-ID": message_id},
+    )
+    try:
+        backend = mailers[using]
+        sent = backend.send_messages([message])
+    except InvalidMailer as exc:
+        return TestEmailResult(
+            messages.ERROR,
+            _("Mailer %(alias)r is misconfigured: %(error)s")
+            % {"alias": using, "error": exc},
+        )
+    except (OSError, ValueError) as exc:
+        return TestEmailResult(
+            messages.ERROR,
+            _("Sending with mailer %(alias)r failed: %(error)s.")
+            % {"alias": using, "error": describe_error(exc)},
+        )
+    if not sent:
+        return TestEmailResult(
+            messages.ERROR, _("Mailer %r did not send the test email.") % using
+        )
+    if isinstance(backend, OutboxBackend):
+        record = (
+            OutboxMessage.objects.filter(message_id=message_id)
+            .only("pk", "status")
+            .order_by("-pk")
+            .first()
+        )
+        if record is not None:
+            return TestEmailResult(
+                messages.SUCCESS,
+                _(
+                    "Queued a test email to %(recipients)s in the outbox "
+                    "(mailer %(alias)r) as message %(id)s; its status is now "
+                    "“%(status)s”."
+                )
+                % {
+                    "recipients": ", ".join(recipients),
+                    "alias": using,
+                    "id": record.pk,
+                    "status": record.get_status_display(),
+                },
+                outbox_id=record.pk,
+            )
+    refused = getattr(message, "refused_recipients", None) or {}
+    if refused:
+        return TestEmailResult(
+            messages.WARNING,
+            ngettext(
+                "Sent a test email with mailer %(alias)r, but the server refused "
+                "%(count)d recipient: %(refused)s.",
+                "Sent a test email with mailer %(alias)r, but the server refused "
+                "%(count)d recipients: %(refused)s.",
+                len(refused),
+            )
+            % {
+                "alias": using,
+                "count": len(refused),
+                "refused": "; ".join(
+                    f"{address}: {code} {_reply(reply)}"
+                    for address, (code, reply) in refused.items()
+                ),
+            },
+        )
+    return TestEmailResult(
+        messages.SUCCESS,
+        _("Sent a test email with mailer %(alias)r to %(recipients)s.")
+        % {"alias": using, "recipients": ", ".join(recipients)},
+    )
+
+
+def _reply(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return " ".join(reply.split())

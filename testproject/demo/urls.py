@@ -1,0 +1,10 @@
+"""The demo serves the admin, and sends visitors of / there."""
+
+from django.contrib import admin
+from django.urls import path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(url="/admin/django_mailkit/outboxmessage/")),
+]

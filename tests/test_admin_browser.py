@@ -1,0 +1,399 @@
+"""
+The outbox admin in a real browser: Playwright driving Debian's chromium
+against a live server.
+
+Two things only a browser can show: that hostile HTML in a message's preview
+never runs (no script, no event handler, no form reaching the admin), and
+that the whole journey works (log in, filter, read, download, resend, send a
+test email). Screenshots of the pages go to ``artifacts/``.
+
+Without playwright or chromium these tests skip, saying why, except in CI
+(``CI`` set), where they fail: CI installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from email.message import MIMEPart
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import django
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+from django.urls import reverse
+
+from django_mailkit import EmailMultiAlternatives, send_mail
+from django_mailkit.models import OutboxMessage, Status
+from tests.smtpserver import SMTPTestServer, mailer_config
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = os.environ.get("MAILKIT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHANGE_FORM_ACTIONS = django.VERSION >= (6, 1)
+PASSWORD = "browser-test-password"
+MARKER = "rendered-in-the-sandbox"
+
+
+def missing() -> str | None:
+    """Why the browser can't run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install 'playwright>=1.40')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    reason = missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests, but {reason}.")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread, which makes
+    # Django refuse ORM calls from the test. Nothing here is async code:
+    # the loop only drives the browser.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            instance = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS
+            )
+            yield instance
+            instance.close()
+    finally:
+        if previous is None:
+            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any) -> Iterator[Any]:
+    context = browser.new_context(
+        base_url=live_server.url,
+        accept_downloads=True,
+        viewport={"width": 1440, "height": 900},
+    )
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def smtp_server():
+    """One plain SMTP server: the admin doesn't depend on how SMTP is spoken."""
+    server = SMTPTestServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def outbox(smtp_server: Any) -> Iterator[Any]:
+    """The default mailer queues; "smtp" delivers to the test server, at once."""
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": mailer_config(smtp_server),
+        },
+        MAILKIT={"USE_TASKS": True},
+    ):
+        yield smtp_server
+
+
+def log_in(page: Any) -> None:
+    User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+
+
+def admin_url(name: str, *args: Any) -> str:
+    return reverse(f"admin:django_mailkit_outboxmessage_{name}", args=args)
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real (decodable) PNG of one colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+class Beacon:
+    """A local HTTP server that records every request: what hostile HTML reached."""
+
+    def __init__(self) -> None:
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def beacon() -> Iterator[Beacon]:
+    server = Beacon()
+    yield server
+    server.close()
+
+
+def hostile_html(beacon: Beacon, admin_origin: str, target: int) -> str:
+    """Email HTML that, if it ran, would tell the admin page and the beacon."""
+    delete = f"{admin_origin}{admin_url('changelist')}"
+    return f"""
+<title>email</title>
+<p id="marker">{MARKER}</p>
+<script>
+  parent.postMessage("script ran", "*");
+  document.title = "pwned";
+  fetch("{beacon.url}/script");
+</script>
+<img id="broken" src="data:image/png;base64,AAAA" onerror="
+  parent.postMessage('onerror ran', '*'); new Image().src='{beacon.url}/onerror'">
+<img src="{beacon.url}/remote-image.png">
+<form id="prize" method="post" action="{delete}">
+  <input type="hidden" name="action" value="delete_selected">
+  <input type="hidden" name="_selected_action" value="{target}">
+  <input type="hidden" name="post" value="yes">
+  <button id="claim" type="submit">Claim your prize</button>
+</form>
+<form id="beacon-form" method="get" action="{beacon.url}/form">
+  <button id="beacon-submit" type="submit">Go</button>
+</form>
+"""
+
+
+def listen_for_messages(page: Any) -> None:
+    """Record, in every page, what frames postMessage to it."""
+    page.context.add_init_script(
+        "window.__received = [];"
+        "addEventListener('message', e => window.__received.push(String(e.data)));"
+    )
+
+
+def test_preview_runs_no_script_and_cannot_reach_the_admin(
+    page, beacon, live_server, outbox
+):
+    listen_for_messages(page)
+    log_in(page)
+    target = OutboxMessage.objects.create(
+        queued_via="default",
+        mailer="smtp",
+        from_email="a@example.com",
+        recipients=["x@example.com"],
+        subject="Bystander",
+        mime=b"Subject: x\r\n\r\nx\r\n",
+        status=Status.SENT,
+    )
+    html = hostile_html(beacon, live_server.url, target.pk)
+    message = EmailMultiAlternatives("Hostile", "Plain", to=["victim@example.com"])
+    message.attach_alternative(html, "text/html")
+    message.send()
+    record = OutboxMessage.objects.get(subject="Hostile")
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda request: requests.append((request.method, request.url)))
+
+    page.goto(admin_url("change", record.pk))
+    title = page.title()
+    frame = page.frame_locator("iframe.mailkit-preview")
+    # The HTML did render, in the sandbox.
+    frame.locator("#marker").wait_for()
+    assert frame.locator("#marker").inner_text() == MARKER
+    # The broken image has loaded (and failed) by the time the page is done.
+    page.wait_for_load_state("load")
+    # Submitting either form does nothing: the sandbox has no allow-forms.
+    frame.locator("#claim").click(no_wait_after=True)
+    frame.locator("#beacon-submit").click(no_wait_after=True)
+    page.wait_for_timeout(750)
+
+    assert page.evaluate("window.__received") == []  # no script, no onerror
+    assert page.title() == title != "pwned"
+    assert beacon.hits == []  # no fetch, no remote image, no form
+    assert [url for method, url in requests if method != "GET"] == []
+    assert OutboxMessage.objects.filter(pk=target.pk).exists()
+    preview = next(
+        f for f in page.frames if f.url.endswith(admin_url("preview", record.pk))
+    )
+    assert preview.url == f"{live_server.url}{admin_url('preview', record.pk)}"
+
+    # Opened as a page of its own, the preview is still sandboxed by its CSP.
+    page.goto(admin_url("preview", record.pk))
+    page.locator("#marker").wait_for()
+    page.locator("#claim").click(no_wait_after=True)
+    page.wait_for_timeout(500)
+    assert page.title() == "email"
+    assert beacon.hits == []
+    assert OutboxMessage.objects.filter(pk=target.pk).exists()
+
+    # The control: the same HTML, framed without the sandbox and the CSP,
+    # does everything it says, in this browser. So the checks above can fail.
+    page.goto(admin_url("changelist"))
+    page.evaluate(
+        "html => { const f = document.createElement('iframe');"
+        " f.srcdoc = html; document.body.append(f); }",
+        html,
+    )
+    page.wait_for_function("window.__received.length >= 2")
+    assert sorted(page.evaluate("window.__received")) == ["onerror ran", "script ran"]
+    for _ in range(50):
+        if {"/script", "/onerror", "/remote-image.png"} <= set(beacon.hits):
+            break
+        page.wait_for_timeout(100)
+    assert {"/script", "/onerror", "/remote-image.png"} <= set(beacon.hits)
+
+
+def send_samples() -> dict[str, OutboxMessage]:
+    """Send what the demo sends: plain, HTML with inline image, refused."""
+    send_mail("Welcome aboard", "Hello Ann!", None, ["ann@example.com"])
+    logo = MIMEPart()
+    logo.set_content(
+        png(48, 48, (65, 118, 144)),
+        maintype="image",
+        subtype="png",
+        cid="<logo@example.com>",
+    )
+    newsletter = EmailMultiAlternatives(
+        "Monthly newsletter", "Our news, in plain text.", to=["bob@example.com"]
+    )
+    newsletter.mixed_subtype = "related"
+    newsletter.attach_alternative(
+        f'<h1 id="headline">{MARKER}</h1>'
+        '<img id="logo" src="cid:logo@example.com" alt="logo">',
+        "text/html",
+    )
+    newsletter.attach(logo)
+    newsletter.attach("report.csv", "month,sent\nMay,42\n", "text/csv")
+    newsletter.send()
+    send_mail(
+        "Undeliverable", "Nobody reads this.", None, ["refused-carol@example.com"]
+    )
+    return {m.subject: m for m in OutboxMessage.objects.all()}
+
+
+def test_the_admin_end_to_end(page, live_server, outbox):
+    smtp_server = outbox
+    messages = send_samples()
+    assert messages["Undeliverable"].status == Status.FAILED
+    assert len(smtp_server.deliveries) == 2
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    log_in(page)
+    page.get_by_role("link", name="Outbox messages").first.click()
+    page.wait_for_url(f"**{admin_url('changelist')}")
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 3
+    assert page.locator(".mailkit-dashboard").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "admin-changelist.png"), full_page=True)
+
+    # Filter: the failed one.
+    page.locator("#changelist-filter").get_by_role("link", name="Failed").click()
+    page.wait_for_url("**status__exact=failed**")
+    assert rows.count() == 1
+    assert "Undeliverable" in rows.first.inner_text()
+    assert "refused-carol@example.com" in rows.first.inner_text()
+
+    # Open the newsletter: its preview renders, with its inline image.
+    page.goto(admin_url("changelist"))
+    page.get_by_role("link", name="Monthly newsletter").click()
+    page.wait_for_url(f"**{admin_url('change', messages['Monthly newsletter'].pk)}")
+    frame = page.frame_locator("iframe.mailkit-preview")
+    assert frame.locator("#headline").inner_text() == MARKER
+    frame.locator("#logo").wait_for()
+    assert (
+        frame.locator("#logo").evaluate("img => img.complete && img.naturalWidth") == 48
+    )
+    assert (
+        page.locator(".mailkit-parts").inner_text().count("\n") >= 2
+    )  # logo.png, report.csv
+    # Chromium paints an iframe for a full-page screenshot once it was seen.
+    page.locator("iframe.mailkit-preview").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "admin-message.png"), full_page=True)
+
+    # Download the .eml: the exact bytes.
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download .eml").click()
+    record = messages["Monthly newsletter"]
+    assert Path(download.value.path()).read_bytes() == bytes(record.mime)
+    assert download.value.suggested_filename == f"outbox-message-{record.pk}.eml"
+
+    # Resend it, from the message page.
+    if CHANGE_FORM_ACTIONS:
+        page.select_option("select[name='CHANGE_FORM-action']", "resend")
+        page.get_by_role("button", name="Run").click()
+    else:
+        page.get_by_role("button", name="Resend").click()
+    page.locator(".messagelist .success").wait_for()
+    assert "Resent as message" in page.locator(".messagelist").inner_text()
+    copy = OutboxMessage.objects.exclude(pk__in=[m.pk for m in messages.values()]).get()
+    assert bytes(copy.mime) == bytes(record.mime)
+    assert copy.status == Status.SENT  # delivered on commit
+    assert len(smtp_server.deliveries) == 3
+
+    # Send a test email.
+    page.goto(admin_url("changelist"))
+    page.get_by_role("link", name="Send test email").click()
+    page.fill("#id_to", "dora@example.com")
+    page.select_option("#id_mailer", "smtp")
+    page.screenshot(path=str(ARTIFACTS / "admin-send-test-email.png"), full_page=True)
+    page.get_by_role("button", name="Send test email").click()
+    page.locator(".messagelist .success").wait_for()
+    assert (
+        "Sent a test email with mailer 'smtp' to dora@example.com."
+        in page.locator(".messagelist").inner_text()
+    )
+    assert smtp_server.deliveries[-1].rcpt_tos == ["dora@example.com"]
