@@ -226,6 +226,14 @@ class OutboxMessage(models.Model):
 
     def finish(self, status: str, *, error: str = "") -> bool:
         """Record a final status (sent, partial or failed)."""
+        return self._update_claimed(**self.finish_fields(status, error=error))
+
+    def retry_later(self, *, error: str) -> bool:
+        """Queue the message again after a backoff that grows per attempt."""
+        return self._update_claimed(**self.retry_fields(error=error))
+
+    def finish_fields(self, status: str, *, error: str = "") -> dict[str, Any]:
+        """The fields finish() writes."""
         fields: dict[str, Any] = {
             "status": status,
             "lease_expires_at": None,
@@ -233,18 +241,17 @@ class OutboxMessage(models.Model):
         }
         if status in (Status.SENT, Status.PARTIAL):
             fields["sent_at"] = timezone.now()
-        return self._update_claimed(**fields)
+        return fields
 
-    def retry_later(self, *, error: str) -> bool:
-        """Queue the message again after a backoff that grows per attempt."""
-        delay = backoff(self.attempts)
-        return self._update_claimed(
-            status=Status.QUEUED,
-            claimed_by="",
-            lease_expires_at=None,
-            next_attempt_at=timezone.now() + delay,
-            last_error=error,
-        )
+    def retry_fields(self, *, error: str) -> dict[str, Any]:
+        """The fields retry_later() writes."""
+        return {
+            "status": Status.QUEUED,
+            "claimed_by": "",
+            "lease_expires_at": None,
+            "next_attempt_at": timezone.now() + backoff(self.attempts),
+            "last_error": error,
+        }
 
     def requeue(self) -> bool:
         """Queue a failed (or partially sent) message for immediate delivery."""

@@ -1,0 +1,398 @@
+"""
+django_mailkit against django.core.mail, side by side in one process.
+
+Run through ``bash bench/run`` (see bench/README.rst), or directly with an
+interpreter that has Django and django_mailkit installed:
+
+    python bench/bench.py [--quick] [--only build,loopback,latency,outbox]
+
+Every figure is a rate measured in this run, for both libraries on the same
+machine at the same time; the ratios are what to read. Absolute numbers on
+a shared machine mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.policy
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.core import mail as django_mail  # noqa: E402
+
+import django_mailkit as mailkit  # noqa: E402
+from django_mailkit.message import render_bytes  # noqa: E402
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+RESULTS: dict[str, dict[str, float | str]] = {}
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def report(section: str, label: str, ours: float, theirs: float, unit: str = "msg/s") -> None:
+    ratio = ours / theirs if theirs else float("inf")
+    RESULTS.setdefault(section, {})[label] = {
+        "django_mailkit": round(ours, 1),
+        "django.core.mail": round(theirs, 1),
+        "ratio": round(ratio, 2),
+        "unit": unit,
+    }
+    say(f"  {label:<34} mailkit {ours:>10.1f}  django {theirs:>10.1f} {unit:<6} ratio {ratio:6.2f}x")
+
+
+def best_rate(fn: Callable[[], None], count: int, repeats: int = 5) -> float:
+    """Calls per second of ``fn`` (the best of ``repeats`` runs of ``count``)."""
+    fn()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(count):
+            fn()
+        best = max(best, count / (time.perf_counter() - started))
+    return best
+
+
+# Message profiles (the ones the issue names).
+
+LOREM = (
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod "
+    "tempor incididunt ut labore et dolore magna aliqua. "
+)
+GREEK = "Καλημέρα κόσμε, ünïcödé text, 日本語のテキスト. "
+
+
+def plain(module):
+    return module.EmailMessage(
+        "Your order has shipped",
+        (LOREM * 9)[:1000],
+        "Shop <shop@example.com>",
+        ["ann@example.com", "bob@example.com", "carol@example.com"],
+    )
+
+
+def rich(module):
+    text = (GREEK * 200)[:10000]
+    msg = module.EmailMultiAlternatives(
+        "Grüße aus Köln — Newsletter", text, "Zeitung <news@example.com>", ["leser@example.com"]
+    )
+    msg.attach_alternative(f"<html><body><p>{text}</p></body></html>", "text/html")
+    return msg
+
+
+ATTACHMENT_A = os.urandom(60_000)
+ATTACHMENT_B = os.urandom(50_000)
+
+
+def attachments(module):
+    msg = module.EmailMessage(
+        "Invoice 2026-114", "Please find the invoice attached.", "billing@example.com", ["ann@example.com"]
+    )
+    msg.attach("invoice.pdf", ATTACHMENT_A, "application/pdf")
+    msg.attach("statement.zip", ATTACHMENT_B, "application/zip")
+    return msg
+
+
+def django_bytes(message) -> bytes:
+    if django.VERSION >= (6, 0):
+        return message.message(policy=email.policy.SMTP).as_bytes()
+    return message.message().as_bytes(linesep="\r\n")
+
+
+def bench_build(quick: bool) -> None:
+    say("Build: construct a message and render it to wire bytes")
+    count = 300 if quick else 2000
+    for name, factory, n in (
+        ("plain 1 KB, 3 recipients", plain, count),
+        ("text+HTML 20 KB, non-ASCII", rich, count // 4),
+        ("two attachments, 110 KB", attachments, count // 8),
+    ):
+        ours = best_rate(lambda f=factory: render_bytes(f(mailkit), email.policy.SMTP), n)
+        theirs = best_rate(lambda f=factory: django_bytes(f(django_mail)), n)
+        report("build", name, ours, theirs)
+
+
+# SMTP sinks.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def smtp_sink() -> Iterator[int]:
+    """Postfix's smtp-sink on a free loopback port (advertises PIPELINING)."""
+    if not os.path.exists(SMTP_SINK):
+        raise SystemExit("smtp-sink not found: apt-get install postfix")
+    port = free_port()
+    args = [SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{port}", "256"]
+    if os.geteuid() != 0:
+        args.remove("-u")
+        args.remove("nobody")
+    sink = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        sink.terminate()
+        sink.wait(5)
+
+
+@contextlib.contextmanager
+def delay_proxy(target: int, delay: float) -> Iterator[int]:
+    port = free_port()
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "delayproxy.py"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--target",
+            f"127.0.0.1:{target}",
+            "--delay",
+            str(delay),
+        ]
+    )
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proxy.terminate()
+        proxy.wait(5)
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def mailkit_backend(port: int, **options):
+    from django.test import override_settings
+
+    config = {"host": "127.0.0.1", "port": port, "timeout": 30, **options}
+    with override_settings(
+        MAILERS={"default": {"BACKEND": "django_mailkit.backends.smtp.EmailBackend", "OPTIONS": config}}
+    ):
+        return mailkit.mailers.default
+
+
+def django_backend(port: int):
+    from django.core.mail.backends.smtp import EmailBackend
+
+    if django.VERSION >= (6, 1):
+        # Django 6.1's supported way to build one: through its registry.
+        from django.test import override_settings
+
+        with override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                    "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 30},
+                }
+            }
+        ):
+            return django_mail.mailers["default"]
+    return EmailBackend(host="127.0.0.1", port=port, timeout=30)
+
+
+def delivery_rate(backend, module, count: int) -> float:
+    messages = [plain(module) for _ in range(count)]
+    started = time.perf_counter()
+    sent = backend.send_messages(messages)
+    elapsed = time.perf_counter() - started
+    if sent != count:
+        raise SystemExit(f"{type(backend).__module__}: sent {sent} of {count}")
+    return count / elapsed
+
+
+def bench_loopback(quick: bool) -> None:
+    count = 500 if quick else 2000
+    say(f"Loopback delivery: {count} messages into smtp-sink, one send_messages() call")
+    with smtp_sink() as port:
+        ours = delivery_rate(mailkit_backend(port), mailkit, count)
+        theirs = delivery_rate(django_backend(port), django_mail, count)
+    report("loopback", f"{count} messages", ours, theirs)
+
+
+def bench_latency(quick: bool) -> None:
+    delay = 0.025
+    ours_count = 200 if quick else 500
+    django_count = 30 if quick else 100
+    say(
+        f"Delivery over a {2 * delay * 1000:.0f} ms round trip (delay proxy): "
+        f"mailkit {ours_count} messages, Django {django_count} (it is slow)"
+    )
+    with smtp_sink() as sink, delay_proxy(sink, delay) as port:
+        theirs = delivery_rate(django_backend(port), django_mail, django_count)
+        default = delivery_rate(mailkit_backend(port), mailkit, ours_count)
+        sixteen = delivery_rate(mailkit_backend(port, max_connections=16), mailkit, ours_count)
+    report("latency", "default options (4 connections)", default, theirs)
+    report("latency", "max_connections=16", sixteen, theirs)
+
+
+# The outbox.
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_outbox(quick: bool, drain: int | None) -> None:
+    from django.core.management import call_command
+    from django.db import connection
+    from datetime import timedelta
+
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from django_mailkit.models import OutboxMessage
+
+    count = drain or (2000 if quick else 10000)
+    if connection.vendor != "postgresql":
+        say("Outbox drain: skipped (needs PostgreSQL: bash .ci/services start)")
+        return
+    say(f"Outbox drain: {count} queued messages, 4 worker processes, PostgreSQL, smtp-sink")
+    call_command("migrate", verbosity=0)
+    OutboxMessage.objects.all().delete()
+    with smtp_sink() as port:
+        with override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                    "OPTIONS": {"deliver_using": "smtp"},
+                },
+                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
+            },
+            MAILKIT={"USE_TASKS": False},
+        ):
+            backend = mailkit.mailers.default
+            started = time.perf_counter()
+            for start in range(0, count, 1000):
+                backend.send_messages([plain(mailkit) for _ in range(min(1000, count - start))])
+            queue_rate = count / (time.perf_counter() - started)
+        # The workers start first and wait for the messages to fall due, so
+        # the drain rate is that of running workers, not of process start-up.
+        due = timezone.now() + timedelta(seconds=4)
+        OutboxMessage.objects.update(next_attempt_at=due)
+        env = {**os.environ, "BENCH_SINK_PORT": str(port), "PYTHONPATH": str(ROOT)}
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "django", "mailkit_worker",
+                    "--batch-size", "200", "--interval", "0.05",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+            for _ in range(4)
+        ]
+        samples: dict[int, list[int]] = {w.pid: [] for w in workers}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                for w in workers:
+                    if w.poll() is None and (kb := rss_kb(w.pid)):
+                        samples[w.pid].append(kb)
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        time.sleep(max(0.0, (due - timezone.now()).total_seconds()))
+        started = time.perf_counter()
+        while OutboxMessage.objects.exclude(status="sent").exists():
+            if any(w.poll() is not None for w in workers):
+                break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        codes = [w.wait(30) for w in workers]
+    sent = OutboxMessage.objects.filter(status="sent").count()
+    if codes != [0] * 4 or sent != count:
+        raise SystemExit(f"outbox drain failed: exit codes {codes}, sent {sent} of {count}")
+    rate = count / elapsed
+    RESULTS.setdefault("outbox", {})["drain"] = {
+        "messages": count,
+        "msg_per_s": round(rate, 1),
+        "queue_msg_per_s": round(queue_rate, 1),
+        "rss_kb_first_peak_last": [
+            [s[0], max(s), s[-1]] if s else [] for s in samples.values()
+        ],
+    }
+    say(f"  queued {count} at {queue_rate:.0f} msg/s; drained at {rate:.0f} msg/s")
+    for pid, series in samples.items():
+        if series:
+            say(
+                f"  worker {pid}: RSS first {series[0] / 1024:.0f} MB, peak "
+                f"{max(series) / 1024:.0f} MB, last {series[-1] / 1024:.0f} MB "
+                f"({len(series)} samples)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--only", default="build,loopback,latency,outbox")
+    parser.add_argument("--drain", type=int, help="messages for the outbox drain")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    say(
+        f"django_mailkit bench: Python {platform.python_version()}, Django {django.__version__}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    sections = args.only.split(",")
+    if "build" in sections:
+        bench_build(args.quick)
+    if "loopback" in sections:
+        bench_loopback(args.quick)
+    if "latency" in sections:
+        bench_latency(args.quick)
+    if "outbox" in sections:
+        bench_outbox(args.quick, args.drain)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"python": platform.python_version(), "django": django.__version__, **RESULTS}
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
