@@ -407,9 +407,15 @@ def _write_postgresql(
     go in one statement with data-modifying CTEs, skipping the ORM's cost of
     building three queries and three round trips.
     """
-    sql = _postgresql_sql(bool(rows), tuple(fields))
+    states = set(rows.values())
+    # Usually every recipient has the same result: a plain UPDATE does.
+    shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
+    sql = _postgresql_sql(shape, tuple(fields))
     params: list[Any] = []
-    if rows:
+    if shape == "uniform":
+        ((status, code, reply),) = states
+        params += [status, code, reply, fields["updated_at"], record.pk, list(rows)]
+    elif shape == "mixed":
         addresses = list(rows)
         params += [
             fields["updated_at"],
@@ -466,7 +472,7 @@ def _execute_prepared(sql: str, params: list[Any]) -> int:
 
 
 @functools.cache
-def _postgresql_sql(with_rows: bool, field_names: tuple[str, ...]) -> str:
+def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
     quote = connection.ops.quote_name
     r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
 
@@ -474,7 +480,19 @@ def _postgresql_sql(with_rows: bool, field_names: tuple[str, ...]) -> str:
         return quote(meta.get_field(name).column)
 
     ctes: list[str] = []
-    if with_rows:
+    still_pending = (
+        f"r.{col(r_meta, 'status')} IN "
+        f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}')"
+    )
+    if shape == "uniform":
+        ctes.append(
+            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
+            f"{col(r_meta, 'status')} = %s, {col(r_meta, 'smtp_code')} = %s, "
+            f"{col(r_meta, 'smtp_reply')} = %s, {col(r_meta, 'updated_at')} = %s "
+            f"WHERE r.{col(r_meta, 'message')} = %s "
+            f"AND r.{col(r_meta, 'address')} = ANY(%s::text[]) AND {still_pending})"
+        )
+    elif shape == "mixed":
         ctes.append(
             f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
             f"{col(r_meta, 'status')} = v.status, {col(r_meta, 'smtp_code')} = v.code, "
@@ -482,8 +500,7 @@ def _postgresql_sql(with_rows: bool, field_names: tuple[str, ...]) -> str:
             "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
             "AS v(address, status, code, reply) "
             f"WHERE r.{col(r_meta, 'message')} = %s AND r.{col(r_meta, 'address')} = v.address "
-            f"AND r.{col(r_meta, 'status')} IN "
-            f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}'))"
+            f"AND {still_pending})"
         )
     attempt_columns = ", ".join(quote(a_meta.get_field(n).column) for n in _ATTEMPT_FIELDS)
     ctes.append(

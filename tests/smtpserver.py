@@ -394,6 +394,9 @@ class _Handler:
             return reply
         if address.startswith(REFUSED_PREFIX):
             return f"550 5.1.1 <{address}>: Recipient address rejected"
+        rule = self.test_server._recipient_rules.get(address)
+        if rule is not None and rule.fire():
+            return rule.value
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -484,6 +487,7 @@ class SMTPTestServer:
         self._sessions: list[SessionRecord] = []
         self._sessions_lock = threading.Lock()
         self._rules: dict[str, _Rule] = {}
+        self._recipient_rules: dict[str, _Rule] = {}
         self._protocols: list[_RecordingSMTP] = []
         self._stalls: dict[str, float] = {}
         kwargs: dict[str, Any] = {
@@ -575,6 +579,10 @@ class SMTPTestServer:
         if stage not in ("MAIL", "RCPT", "DATA", "STARTTLS"):
             raise ValueError(f"unknown stage {stage!r}")
         self._rules[stage] = _Rule(reply, times)
+
+    def refuse_recipient(self, address: str, reply: str, *, times: int | None = None) -> None:
+        """Answer ``reply`` (e.g. "451 ...") to RCPT TO for this address."""
+        self._recipient_rules[address] = _Rule(reply, times)
 
     def hang_up_during_data(self, *, times: int | None = None) -> None:
         """Close the connection after the message data, without replying."""

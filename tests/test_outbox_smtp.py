@@ -1,0 +1,174 @@
+"""
+The outbox against a real SMTP server that misbehaves: per-recipient
+421/451/452/550/554, refused DATA, dropped connections. Every message must
+end in the right state, with the right attempt history, and an accepted
+recipient is never sent to twice.
+"""
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from django_mailkit import EmailMessage, mailers
+from django_mailkit.models import OutboxMessage, RecipientStatus, Status
+from django_mailkit.worker import Worker
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def server(smtp_server_factory):
+    server = smtp_server_factory()
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5},
+            },
+        },
+        MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 3},
+    ):
+        yield server
+
+
+def send(subject="s", to=("a@example.com",), **kwargs):
+    assert mailers.default.send_messages([EmailMessage(subject, "body", "f@example.com", list(to), **kwargs)]) == 1
+    return OutboxMessage.objects.get(subject=subject)
+
+
+def attempt():
+    """One worker pass over what is due, then make retries due at once."""
+    stats = Worker(once=True, interval=0).run()
+    assert stats.errors == 0
+    OutboxMessage.objects.filter(status=Status.QUEUED).update(next_attempt_at=timezone.now())
+    return stats
+
+
+def states(record):
+    return {
+        r.address: (r.status, r.smtp_code) for r in record.recipient_set.order_by("id")
+    }
+
+
+def history(record):
+    return [
+        (a.number, a.outcome, {k: v[0] for k, v in a.recipients.items()})
+        for a in record.attempt_set.order_by("number")
+    ]
+
+
+def test_per_recipient_results_and_retries(server):
+    server.refuse_recipient("b@example.com", "451 4.2.1 Mailbox busy", times=1)
+    server.refuse_recipient("c@example.com", "550 5.1.1 No such user")
+    server.refuse_recipient("d@example.com", "452 4.2.2 Mailbox full")
+    server.refuse_recipient("e@example.com", "554 5.7.1 Relay denied")
+    record = send(to=[f"{x}@example.com" for x in "abcde"])
+
+    attempt()
+    record.refresh_from_db()
+    assert record.status == Status.QUEUED
+    assert states(record) == {
+        "a@example.com": (RecipientStatus.SENT, 250),
+        "b@example.com": (RecipientStatus.DEFERRED, 451),
+        "c@example.com": (RecipientStatus.FAILED, 550),
+        "d@example.com": (RecipientStatus.DEFERRED, 452),
+        "e@example.com": (RecipientStatus.FAILED, 554),
+    }
+
+    attempt()  # b goes through, d is still full
+    attempt()  # d again: out of attempts
+    record.refresh_from_db()
+    assert record.status == Status.PARTIAL and record.attempts == 3
+    assert states(record)["b@example.com"] == (RecipientStatus.SENT, 250)
+    assert states(record)["d@example.com"] == (RecipientStatus.FAILED, 452)
+    assert history(record) == [
+        (1, "retry", {"a@example.com": 250, "b@example.com": 451, "c@example.com": 550,
+                      "d@example.com": 452, "e@example.com": 554}),
+        (2, "retry", {"b@example.com": 250, "d@example.com": 452}),
+        (3, "partial", {"d@example.com": 452}),
+    ]
+    # Each accepted recipient got the message exactly once.
+    assert [d.rcpt_tos for d in server.deliveries] == [["a@example.com"], ["b@example.com"]]
+
+
+def test_all_recipients_refused_for_good(server):
+    server.refuse_recipient("x@example.com", "550 5.1.1 No such user")
+    record = send(to=["x@example.com"])
+    attempt()
+    record.refresh_from_db()
+    assert record.status == Status.FAILED
+    assert "x@example.com" in record.attempt_set.get().recipients
+    assert server.deliveries == []
+
+
+@pytest.mark.parametrize(
+    "stage, reply, outcomes, final",
+    [
+        ("MAIL", "421 4.3.2 Service shutting down", ["retry", "sent"], Status.SENT),
+        ("DATA", "451 4.3.0 Local error", ["retry", "sent"], Status.SENT),
+        ("DATA", "554 5.6.0 Message rejected", ["failed"], Status.FAILED),
+        ("MAIL", "553 5.1.8 Sender rejected", ["failed"], Status.FAILED),
+    ],
+)
+def test_whole_message_replies(server, stage, reply, outcomes, final):
+    server.reply(stage, reply, times=1)
+    record = send()
+    attempt()
+    attempt()
+    record.refresh_from_db()
+    assert record.status == final
+    assert [a.outcome for a in record.attempt_set.order_by("number")] == outcomes
+    first = record.attempt_set.order_by("number").first()
+    assert first.smtp_code == int(reply[:3])
+    assert reply[4:] in first.smtp_reply
+    if final == Status.FAILED:
+        assert states(record) == {"a@example.com": (RecipientStatus.FAILED, int(reply[:3]))}
+        assert reply[:3] in record.last_error
+
+
+def test_dropped_connection_mid_data_is_retried(server):
+    server.hang_up_during_data(times=1)
+    record = send()
+    stats = attempt()
+    assert stats.retry == 1
+    record.refresh_from_db()
+    assert record.status == Status.QUEUED
+    assert "SMTPServerDisconnected" in record.last_error
+    attempt()
+    record.refresh_from_db()
+    assert record.status == Status.SENT
+    assert len(server.deliveries) == 1
+
+
+def test_one_connection_per_batch_and_no_blocking(server):
+    server.refuse_recipient("bad@example.com", "550 5.1.1 No such user")
+    records = [send(f"m{i}") for i in range(5)]
+    bad = send("bad", to=["bad@example.com"])
+    stats = attempt()
+    assert (stats.sent, stats.failed) == (5, 1)
+    assert all(OutboxMessage.objects.get(pk=r.pk).status == Status.SENT for r in records)
+    assert OutboxMessage.objects.get(pk=bad.pk).status == Status.FAILED
+    assert len(server.wait_closed()) == 1
+
+
+def test_connection_refused_keeps_messages_queued(server, closed_port):
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}},
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        record = send()
+        stats = attempt()
+    assert stats.retry == 1
+    record.refresh_from_db()
+    assert record.status == Status.QUEUED and "ConnectionRefusedError" in record.last_error
+    assert states(record) == {"a@example.com": (RecipientStatus.PENDING, None)}
