@@ -19,13 +19,11 @@ import email.policy
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +50,9 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
-def report(section: str, label: str, ours: float, theirs: float, unit: str = "msg/s") -> None:
+def report(
+    section: str, label: str, ours: float, theirs: float, unit: str = "msg/s"
+) -> None:
     ratio = ours / theirs if theirs else float("inf")
     RESULTS.setdefault(section, {})[label] = {
         "django_mailkit": round(ours, 1),
@@ -60,7 +60,10 @@ def report(section: str, label: str, ours: float, theirs: float, unit: str = "ms
         "ratio": round(ratio, 2),
         "unit": unit,
     }
-    say(f"  {label:<34} mailkit {ours:>10.1f}  django {theirs:>10.1f} {unit:<6} ratio {ratio:6.2f}x")
+    say(
+        f"  {label:<34} mailkit {ours:>10.1f}  django {theirs:>10.1f} {unit:<6} "
+        f"ratio {ratio:6.2f}x"
+    )
 
 
 def best_rate(fn: Callable[[], None], count: int, repeats: int = 5) -> float:
@@ -96,7 +99,10 @@ def plain(module):
 def rich(module):
     text = (GREEK * 200)[:10000]
     msg = module.EmailMultiAlternatives(
-        "Grüße aus Köln — Newsletter", text, "Zeitung <news@example.com>", ["leser@example.com"]
+        "Grüße aus Köln — Newsletter",
+        text,
+        "Zeitung <news@example.com>",
+        ["leser@example.com"],
     )
     msg.attach_alternative(f"<html><body><p>{text}</p></body></html>", "text/html")
     return msg
@@ -108,7 +114,10 @@ ATTACHMENT_B = os.urandom(50_000)
 
 def attachments(module):
     msg = module.EmailMessage(
-        "Invoice 2026-114", "Please find the invoice attached.", "billing@example.com", ["ann@example.com"]
+        "Invoice 2026-114",
+        "Please find the invoice attached.",
+        "billing@example.com",
+        ["ann@example.com"],
     )
     msg.attach("invoice.pdf", ATTACHMENT_A, "application/pdf")
     msg.attach("statement.zip", ATTACHMENT_B, "application/zip")
@@ -129,7 +138,9 @@ def bench_build(quick: bool) -> None:
         ("text+HTML 20 KB, non-ASCII", rich, count // 4),
         ("two attachments, 110 KB", attachments, count // 8),
     ):
-        ours = best_rate(lambda f=factory: render_bytes(f(mailkit), email.policy.SMTP), n)
+        ours = best_rate(
+            lambda f=factory: render_bytes(f(mailkit), email.policy.SMTP), n
+        )
         theirs = best_rate(lambda f=factory: django_bytes(f(django_mail)), n)
         report("build", name, ours, theirs)
 
@@ -188,7 +199,10 @@ def delay_proxy(target: int, delay: float) -> Iterator[int]:
 def wait_for_port(port: int) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), 0.2),
+        ):
             return
         time.sleep(0.05)
     raise SystemExit(f"nothing listens on port {port}")
@@ -199,7 +213,12 @@ def mailkit_backend(port: int, **options):
 
     config = {"host": "127.0.0.1", "port": port, "timeout": 30, **options}
     with override_settings(
-        MAILERS={"default": {"BACKEND": "django_mailkit.backends.smtp.EmailBackend", "OPTIONS": config}}
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": config,
+            }
+        }
     ):
         return mailkit.mailers.default
 
@@ -253,7 +272,9 @@ def bench_latency(quick: bool) -> None:
     with smtp_sink() as sink, delay_proxy(sink, delay) as port:
         theirs = delivery_rate(django_backend(port), django_mail, django_count)
         default = delivery_rate(mailkit_backend(port), mailkit, ours_count)
-        sixteen = delivery_rate(mailkit_backend(port, max_connections=16), mailkit, ours_count)
+        sixteen = delivery_rate(
+            mailkit_backend(port, max_connections=16), mailkit, ours_count
+        )
     report("latency", "default options (4 connections)", default, theirs)
     report("latency", "max_connections=16", sixteen, theirs)
 
@@ -273,10 +294,10 @@ def rss_kb(pid: int) -> int:
 
 
 def bench_outbox(quick: bool, drain: int | None) -> None:
-    from django.core.management import call_command
-    from django.db import connection
     from datetime import timedelta
 
+    from django.core.management import call_command
+    from django.db import connection
     from django.test import override_settings
     from django.utils import timezone
 
@@ -286,7 +307,10 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
     if connection.vendor != "postgresql":
         say("Outbox drain: skipped (needs PostgreSQL: bash .ci/services start)")
         return
-    say(f"Outbox drain: {count} queued messages, 4 worker processes, PostgreSQL, smtp-sink")
+    say(
+        f"Outbox drain: {count} queued messages, 4 worker processes, "
+        "PostgreSQL, smtp-sink"
+    )
     call_command("migrate", verbosity=0)
     OutboxMessage.objects.all().delete()
     with smtp_sink() as port:
@@ -303,7 +327,9 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
             backend = mailkit.mailers.default
             started = time.perf_counter()
             for start in range(0, count, 1000):
-                backend.send_messages([plain(mailkit) for _ in range(min(1000, count - start))])
+                backend.send_messages(
+                    [plain(mailkit) for _ in range(min(1000, count - start))]
+                )
             queue_rate = count / (time.perf_counter() - started)
         # The workers start first and wait for the messages to fall due, so
         # the drain rate is that of running workers, not of process start-up.
@@ -313,8 +339,14 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
         workers = [
             subprocess.Popen(
                 [
-                    sys.executable, "-m", "django", "mailkit_worker",
-                    "--batch-size", "200", "--interval", "0.05",
+                    sys.executable,
+                    "-m",
+                    "django",
+                    "mailkit_worker",
+                    "--batch-size",
+                    "200",
+                    "--interval",
+                    "0.05",
                 ],
                 cwd=ROOT,
                 env=env,
@@ -348,7 +380,9 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
         codes = [w.wait(30) for w in workers]
     sent = OutboxMessage.objects.filter(status="sent").count()
     if codes != [0] * 4 or sent != count:
-        raise SystemExit(f"outbox drain failed: exit codes {codes}, sent {sent} of {count}")
+        raise SystemExit(
+            f"outbox drain failed: exit codes {codes}, sent {sent} of {count}"
+        )
     rate = count / elapsed
     RESULTS.setdefault("outbox", {})["drain"] = {
         "messages": count,
@@ -376,8 +410,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     say(
-        f"django_mailkit bench: Python {platform.python_version()}, Django {django.__version__}, "
-        f"{os.cpu_count()} CPUs"
+        f"django_mailkit bench: Python {platform.python_version()}, "
+        f"Django {django.__version__}, {os.cpu_count()} CPUs"
     )
     sections = args.only.split(",")
     if "build" in sections:
@@ -390,7 +424,11 @@ def main() -> None:
         bench_outbox(args.quick, args.drain)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"python": platform.python_version(), "django": django.__version__, **RESULTS}
+        payload = {
+            "python": platform.python_version(),
+            "django": django.__version__,
+            **RESULTS,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
 
 

@@ -4,7 +4,8 @@ A TCP proxy that delays every byte by a fixed time in each direction.
 It models a network link with a round-trip time of twice ``--delay``, on
 loopback only. Ordering is preserved; throughput is not limited.
 
-    python bench/delayproxy.py --listen 127.0.0.1:2600 --target 127.0.0.1:2525 --delay 0.025
+    python bench/delayproxy.py --listen 127.0.0.1:2600 \
+        --target 127.0.0.1:2525 --delay 0.025
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 import time
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+) -> None:
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def sender() -> None:
@@ -39,7 +42,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
 
 
 async def serve(listen: tuple[str, int], target: tuple[str, int], delay: float) -> None:
-    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    async def handle(
+        client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
         server_r, server_w = await asyncio.open_connection(*target)
         await asyncio.gather(
             _pump(client_r, server_w, delay),

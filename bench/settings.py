@@ -4,7 +4,11 @@ import os
 
 SECRET_KEY = "django_mailkit-bench"
 USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_mailkit"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_mailkit",
+]
 DEFAULT_FROM_EMAIL = "bench@example.com"
 
 # The outbox drain needs PostgreSQL (started by .ci/services); the other

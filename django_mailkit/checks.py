@@ -43,9 +43,7 @@ def _check_mailer(alias: str, build: Any) -> list[CheckMessage]:
         return [Error(str(exc), id=_classify(exc))]
     except (ImproperlyConfigured, TypeError, ValueError) as exc:
         return [
-            Error(
-                f"Mailer {alias!r} cannot be built: {exc}", id="django_mailkit.E002"
-            )
+            Error(f"Mailer {alias!r} cannot be built: {exc}", id="django_mailkit.E002")
         ]
     return []
 
@@ -79,9 +77,7 @@ def check_mailers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 @register("mail")
-def check_staff_settings(
-    app_configs: Any = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_staff_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Validate ADMINS and MANAGERS address by address."""
     errors: list[CheckMessage] = []
     for setting in ("ADMINS", "MANAGERS"):
@@ -125,8 +121,7 @@ def check_default_mailer_delivers(
         Warning(
             f"The default mailer uses a development-only backend "
             f"({resolve_backend_path(path)}): no email will reach its recipients.",
-            hint="Use the SMTP backend (or another delivering backend) in "
-            "production.",
+            hint="Use the SMTP backend (or another delivering backend) in production.",
             id="django_mailkit.W002",
         )
     ]

@@ -132,7 +132,9 @@ def _mailkit(key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
             f"MAILKIT['{key}'] must be {_describe(kind)} (got {value!r})."
         )
     if kind is not bool and isinstance(value, int | float) and value < 0:
-        raise ImproperlyConfigured(f"MAILKIT['{key}'] must not be negative (got {value!r}).")
+        raise ImproperlyConfigured(
+            f"MAILKIT['{key}'] must not be negative (got {value!r})."
+        )
     return value
 
 

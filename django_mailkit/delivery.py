@@ -25,8 +25,8 @@ import json
 import logging
 import operator
 import smtplib
-from collections.abc import Callable, Iterable
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import AddressHeader
@@ -266,7 +266,8 @@ def _failure(exc: BaseException) -> Outcome:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         replies = {
-            address: (code, _decode(reply)) for address, (code, reply) in exc.recipients.items()
+            address: (code, _decode(reply))
+            for address, (code, reply) in exc.recipients.items()
         }
         temporary = any(400 <= code < 500 for code, _ in replies.values())
         return Outcome(
@@ -317,7 +318,9 @@ def _record(
     now = timezone.now()
     kind = outcome.kind
     error = outcome.error or (
-        f"{outcome.code} {outcome.reply}" if outcome.code and outcome.code >= 400 else ""
+        f"{outcome.code} {outcome.reply}"
+        if outcome.code and outcome.code >= 400
+        else ""
     )
     # Each recipient's new state.
     rows: dict[str, tuple[str, int | None, str]] = {}
@@ -325,8 +328,15 @@ def _record(
         rows[address] = (_recipient_status(code), code, reply)
     if not outcome.replies and kind == "failed":
         for address in pending:
-            rows[address] = (RecipientStatus.FAILED, outcome.code, outcome.reply or outcome.error)
-    if kind == "retry" and record.attempts - record.requeued_attempts >= conf.max_attempts():
+            rows[address] = (
+                RecipientStatus.FAILED,
+                outcome.code,
+                outcome.reply or outcome.error,
+            )
+    if (
+        kind == "retry"
+        and record.attempts - record.requeued_attempts >= conf.max_attempts()
+    ):
         # Out of attempts: what is still pending fails.
         for address in pending:
             status, code, reply = rows.get(address, (RecipientStatus.PENDING, None, ""))
@@ -346,12 +356,18 @@ def _record(
         "smtp_code": outcome.code,
         "smtp_reply": outcome.reply,
         "error": outcome.error,
-        "recipients": {a: [code, reply] for a, (code, reply) in outcome.replies.items()},
+        "recipients": {
+            a: [code, reply] for a, (code, reply) in outcome.replies.items()
+        },
     }
     if kind == "retry":
         fields = record.retry_fields(error=error)
     else:
-        final = {"sent": Status.SENT, "partial": Status.PARTIAL, "failed": Status.FAILED}
+        final = {
+            "sent": Status.SENT,
+            "partial": Status.PARTIAL,
+            "failed": Status.FAILED,
+        }
         fields = record.finish_fields(final[kind], error=error)
     fields["updated_at"] = now
     _write(record, rows, attempt, fields)
@@ -380,7 +396,8 @@ def _write(
         return
     with transaction.atomic():
         still_pending = Recipient.objects.filter(
-            message=record, status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED)
+            message=record,
+            status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED),
         )
         # One UPDATE per distinct result: usually one for the whole message.
         groups: dict[tuple[str, int | None, str], list[str]] = defaultdict(list)
@@ -388,7 +405,10 @@ def _write(
             groups[state].append(address)
         for (status, code, reply), addresses in groups.items():
             still_pending.filter(address__in=addresses).update(
-                status=status, smtp_code=code, smtp_reply=reply, updated_at=fields["updated_at"]
+                status=status,
+                smtp_code=code,
+                smtp_reply=reply,
+                updated_at=fields["updated_at"],
             )
         Attempt.objects.create(**attempt)
         record._update_claimed(**fields)
@@ -499,10 +519,13 @@ def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
             f"{col(r_meta, 'smtp_reply')} = v.reply, {col(r_meta, 'updated_at')} = %s "
             "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
             "AS v(address, status, code, reply) "
-            f"WHERE r.{col(r_meta, 'message')} = %s AND r.{col(r_meta, 'address')} = v.address "
+            f"WHERE r.{col(r_meta, 'message')} = %s "
+            f"AND r.{col(r_meta, 'address')} = v.address "
             f"AND {still_pending})"
         )
-    attempt_columns = ", ".join(quote(a_meta.get_field(n).column) for n in _ATTEMPT_FIELDS)
+    attempt_columns = ", ".join(
+        quote(a_meta.get_field(n).column) for n in _ATTEMPT_FIELDS
+    )
     ctes.append(
         f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb))"
@@ -510,6 +533,7 @@ def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
     assignments = ", ".join(f"{col(m_meta, name)} = %s" for name in field_names)
     return (
         f"WITH {', '.join(ctes)} UPDATE {quote(m_meta.db_table)} SET {assignments} "
-        f"WHERE {col(m_meta, 'id')} = %s AND {col(m_meta, 'status')} = '{Status.SENDING}' "
+        f"WHERE {col(m_meta, 'id')} = %s "
+        f"AND {col(m_meta, 'status')} = '{Status.SENDING}' "
         f"AND {col(m_meta, 'claimed_by')} = %s"
     )

@@ -71,8 +71,7 @@ class MailerDoesNotExist(InvalidMailer, _DjangoMailerDoesNotExist):
 
     def __init__(self, alias: str) -> None:
         super().__init__(
-            "is not defined; the configured mailers are listed in "
-            "settings.MAILERS.",
+            "is not defined; the configured mailers are listed in settings.MAILERS.",
             alias=alias,
         )
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import email
-import functools
 import email.message
 import email.policy
+import functools
 import mimetypes
 import re
 from collections.abc import Iterable, Sequence
@@ -200,9 +200,11 @@ def to_address(value: Any, *, field: str) -> Address:
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _SIMPLE_ADDRESS = re.compile(
-    rf"(?:(?P<name>{_ATOM}(?: {_ATOM})*) <)?(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_DOMAIN})(?(name)>)\Z"
+    rf"(?:(?P<name>{_ATOM}(?: {_ATOM})*) <)?"
+    rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)"
+    r"(?(name)>)\Z"
 )
 
 
@@ -350,7 +352,9 @@ class EmailMessage:
         """Return every envelope recipient: the to, cc and bcc addresses."""
         return [address for address in (*self.to, *self.cc, *self.bcc) if address]
 
-    def message(self, *, policy: email.policy.Policy = email.policy.default) -> MIMEMessage:
+    def message(
+        self, *, policy: email.policy.Policy = email.policy.default
+    ) -> MIMEMessage:
         """Build this message as a Python ``email.message.EmailMessage``."""
         msg = MIMEMessage(policy=policy)
         self._add_headers(msg)
@@ -439,7 +443,9 @@ class EmailMessage:
 
         items: list[tuple[str, Any]] = []
         if "subject" not in extra:
-            items.append(("Subject", self._header_value("Subject", self.subject, ascii_only)))
+            items.append(
+                ("Subject", self._header_value("Subject", self.subject, ascii_only))
+            )
         for name, value in (
             ("From", [self.from_email]),
             ("To", self.to),
@@ -454,7 +460,9 @@ class EmailMessage:
         if "message-id" not in extra:
             # Read at call time: pytest-django replaces Django's DNS_NAME to
             # keep getfqdn() out of tests.
-            items.append(("Message-ID", make_msgid(domain=str(django_message.DNS_NAME))))
+            items.append(
+                ("Message-ID", make_msgid(domain=str(django_message.DNS_NAME)))
+            )
         for name, value in extra.values():
             items.append((name, self._header_value(name, value, ascii_only)))
         # An address header whose every item was empty is left out.
@@ -523,7 +531,9 @@ class EmailMessage:
             linesep=policy.linesep,
         )
 
-    def _wire_attachment(self, attachment: Any, policy: email.policy.EmailPolicy) -> bytes:
+    def _wire_attachment(
+        self, attachment: Any, policy: email.policy.EmailPolicy
+    ) -> bytes:
         linesep = policy.linesep
         if isinstance(attachment, email.message.Message):
             return attachment.as_bytes(policy=policy)
@@ -545,7 +555,11 @@ class EmailMessage:
             else:
                 inner = _as_mime(content, policy).as_bytes(policy=policy)
             return wire.embedded_entity(
-                inner, mimetype, linesep=linesep, disposition="attachment", filename=filename
+                inner,
+                mimetype,
+                linesep=linesep,
+                disposition="attachment",
+                filename=filename,
             )
         data = (
             bytes(content)
@@ -671,7 +685,9 @@ class EmailMultiAlternatives(EmailMessage):
         return True
 
     def _wire_body(self, policy: email.policy.EmailPolicy) -> bytes | None:
-        body = super()._wire_body(policy) if (self.body or not self.alternatives) else None
+        body = (
+            super()._wire_body(policy) if (self.body or not self.alternatives) else None
+        )
         if not self.alternatives:
             return body
         parts = [] if body is None else [body]
@@ -762,7 +778,11 @@ _BUILD_METHODS = (
 
 
 def _builds_like(cls: type) -> bool:
-    base = EmailMultiAlternatives if issubclass(cls, EmailMultiAlternatives) else EmailMessage
+    base = (
+        EmailMultiAlternatives
+        if issubclass(cls, EmailMultiAlternatives)
+        else EmailMessage
+    )
     return all(getattr(cls, name) is getattr(base, name) for name in _BUILD_METHODS)
 
 

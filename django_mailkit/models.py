@@ -34,7 +34,9 @@ class Status(models.TextChoices):
 
 
 #: Statuses a message never leaves on its own.
-FINAL_STATUSES = frozenset({Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED})
+FINAL_STATUSES = frozenset(
+    {Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED}
+)
 
 
 class RecipientStatus(models.TextChoices):
@@ -65,7 +67,9 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def expired_leases(self, now: datetime | None = None) -> OutboxMessageQuerySet:
         """Messages claimed by a worker whose lease ran out (it crashed)."""
-        return self.filter(status=Status.SENDING, lease_expires_at__lt=now or timezone.now())
+        return self.filter(
+            status=Status.SENDING, lease_expires_at__lt=now or timezone.now()
+        )
 
     def recover_expired(self, now: datetime | None = None) -> int:
         """Make messages whose worker died claimable again; return how many."""
@@ -122,8 +126,9 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 updated_at=now,
             )
         return list(
-            self.filter(id__in=locked, status=Status.SENDING, claimed_by=worker)
-            .order_by("next_attempt_at", "id")
+            self.filter(
+                id__in=locked, status=Status.SENDING, claimed_by=worker
+            ).order_by("next_attempt_at", "id")
         )
 
 
@@ -203,7 +208,9 @@ class OutboxMessage(models.Model):
         fields["updated_at"] = timezone.now()
         changed = (
             type(self)
-            .objects.filter(pk=self.pk, status=Status.SENDING, claimed_by=self.claimed_by)
+            .objects.filter(
+                pk=self.pk, status=Status.SENDING, claimed_by=self.claimed_by
+            )
             .update(**fields)
         )
         if changed:

@@ -85,9 +85,9 @@ def _schedule_retry(outbox_id: int) -> None:
         .first()
     )
     if due is not None:
-        deliver_message_task.using(
-            backend=conf.task_backend(), run_after=due
-        ).enqueue(outbox_id)
+        deliver_message_task.using(backend=conf.task_backend(), run_after=due).enqueue(
+            outbox_id
+        )
 
 
 def enqueue_delivery(outbox_ids: Iterable[int]) -> None:

@@ -112,8 +112,10 @@ def _display_name(name: str, utf8: bool) -> str:
         raise Unsupported("display name that looks like an encoded word")
     if not name.isascii() and not utf8:
         return " ".join(_encoded_words(name))
-    if name and all(c in _ATEXT or c == " " or ord(c) > 127 for c in name) and (
-        name == name.strip() and "  " not in name
+    if (
+        name
+        and all(c in _ATEXT or c == " " or ord(c) > 127 for c in name)
+        and (name == name.strip() and "  " not in name)
     ):
         return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -157,14 +159,23 @@ def header_line(name: str, value: Any, *, utf8: bool, linesep: str) -> str:
 def _params(params: list[tuple[str, str]]) -> str:
     out = ""
     for key, value in params:
-        if value.isascii() and '"' not in value and "\\" not in value and (
-            "=?" not in value
+        if (
+            value.isascii()
+            and '"' not in value
+            and "\\" not in value
+            and ("=?" not in value)
         ):
             out += f'; {key}="{value}"'
         else:
             # RFC 2231: charset''percent-encoded.
             quoted = "".join(
-                chr(b) if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122 or b in b"!#$&+-.^_`|~")
+                chr(b)
+                if (
+                    48 <= b <= 57
+                    or 65 <= b <= 90
+                    or 97 <= b <= 122
+                    or b in b"!#$&+-.^_`|~"
+                )
                 else f"%{b:02X}"
                 for b in value.encode("utf-8")
             )

@@ -94,7 +94,11 @@ class Worker:
             remaining = self._remaining()
             if remaining == 0:
                 break
-            limit = self.batch_size if remaining is None else min(self.batch_size, remaining)
+            limit = (
+                self.batch_size
+                if remaining is None
+                else min(self.batch_size, remaining)
+            )
             try:
                 handled = self.run_batch(limit)
             except Exception:
@@ -125,7 +129,9 @@ class Worker:
         )
         self.stats.batches += 1
         for kind in ("sent", "partial", "retry", "failed"):
-            setattr(self.stats, kind, getattr(self.stats, kind) + len(getattr(result, kind)))
+            setattr(
+                self.stats, kind, getattr(self.stats, kind) + len(getattr(result, kind))
+            )
         self._say(
             f"Batch of {len(claimed)}: {len(result.sent)} sent, "
             f"{len(result.partial)} partial, {len(result.retry)} retry, "

@@ -23,7 +23,9 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if ON_POSTGRES:
         return
-    skip = pytest.mark.skip(reason="runs in the PostgreSQL pass (MAILKIT_DB=postgresql)")
+    skip = pytest.mark.skip(
+        reason="runs in the PostgreSQL pass (MAILKIT_DB=postgresql)"
+    )
     for item in items:
         if item.get_closest_marker("concurrency"):
             item.add_marker(skip)

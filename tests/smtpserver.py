@@ -580,7 +580,9 @@ class SMTPTestServer:
             raise ValueError(f"unknown stage {stage!r}")
         self._rules[stage] = _Rule(reply, times)
 
-    def refuse_recipient(self, address: str, reply: str, *, times: int | None = None) -> None:
+    def refuse_recipient(
+        self, address: str, reply: str, *, times: int | None = None
+    ) -> None:
         """Answer ``reply`` (e.g. "451 ...") to RCPT TO for this address."""
         self._recipient_rules[address] = _Rule(reply, times)
 

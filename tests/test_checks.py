@@ -57,7 +57,9 @@ def smtp(**options):
 
 class TestMailers:
     def test_valid_configuration_is_silent(self):
-        with override_settings(MAILERS={"default": smtp(), "bulk": {"BACKEND": CONSOLE}}):
+        with override_settings(
+            MAILERS={"default": smtp(), "bulk": {"BACKEND": CONSOLE}}
+        ):
             assert mailkit_messages() == []
 
     def test_missing_default(self):
@@ -74,7 +76,11 @@ class TestMailers:
         [
             ({"BACKEND": "no.such.Backend"}, "E003", "could not import BACKEND"),
             (smtp(use_tls=True, use_ssl=True), "E004", "mutually exclusive"),
-            ({"BACKEND": "django_mailkit.backends.filebased.EmailBackend"}, "E005", "file_path"),
+            (
+                {"BACKEND": "django_mailkit.backends.filebased.EmailBackend"},
+                "E005",
+                "file_path",
+            ),
             (smtp(colour="red"), "E006", "unknown OPTIONS 'colour'"),
             (smtp(port="nope"), "E002", "port"),
             ({"BACKEND": CONSOLE, "EXTRA": 1}, "E002", "unknown keys 'EXTRA'"),
@@ -90,9 +96,15 @@ class TestMailers:
 
     def test_every_broken_mailer_is_reported(self):
         with override_settings(
-            MAILERS={"default": smtp(use_ssl=True, use_tls=True), "other": {"BACKEND": "x.Y"}}
+            MAILERS={
+                "default": smtp(use_ssl=True, use_tls=True),
+                "other": {"BACKEND": "x.Y"},
+            }
         ):
-            assert ids(mailkit_messages()) == ["django_mailkit.E003", "django_mailkit.E004"]
+            assert ids(mailkit_messages()) == [
+                "django_mailkit.E003",
+                "django_mailkit.E004",
+            ]
 
 
 class TestLegacy:
@@ -136,7 +148,9 @@ class TestDeploy:
     @pytest.mark.parametrize("name", ["console", "locmem", "dummy"])
     def test_development_backend_as_default(self, name):
         with override_settings(
-            MAILERS={"default": {"BACKEND": f"django_mailkit.backends.{name}.EmailBackend"}}
+            MAILERS={
+                "default": {"BACKEND": f"django_mailkit.backends.{name}.EmailBackend"}
+            }
         ):
             assert mailkit_messages() == []
             messages = mailkit_messages(deploy=True)
@@ -148,7 +162,9 @@ class TestDeploy:
             assert mailkit_messages(deploy=True) == []
 
     def test_development_backend_on_another_alias_is_fine(self):
-        with override_settings(MAILERS={"default": smtp(), "debug": {"BACKEND": CONSOLE}}):
+        with override_settings(
+            MAILERS={"default": smtp(), "debug": {"BACKEND": CONSOLE}}
+        ):
             assert mailkit_messages(deploy=True) == []
 
     def test_legacy_email_backend(self, legacy):
@@ -164,5 +180,7 @@ class TestDjangoMailBypass:
             assert ids(mailkit_messages()) == ["django_mailkit.W003"]
 
     def test_bridge_configured(self):
-        with override_settings(EMAIL_BACKEND="django_mailkit.backends.mailer.EmailBackend"):
+        with override_settings(
+            EMAIL_BACKEND="django_mailkit.backends.mailer.EmailBackend"
+        ):
             assert mailkit_messages() == []

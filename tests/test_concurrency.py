@@ -52,7 +52,9 @@ def queue(count, prefix="m"):
     for start in range(0, count, 500):
         backend.send_messages(
             [
-                EmailMessage(f"{prefix}{i}", "body", "from@example.com", [f"u{i}@example.com"])
+                EmailMessage(
+                    f"{prefix}{i}", "body", "from@example.com", [f"u{i}@example.com"]
+                )
                 for i in range(start, min(start + 500, count))
             ]
         )
@@ -111,7 +113,9 @@ def finish(workers, timeout=60):
 def test_four_workers_deliver_each_message_exactly_once(outbox_to):
     expected = queue(2000)
     assert len(expected) == 2000
-    workers = [start_worker(outbox_to, "--once", "--batch-size", "50") for _ in range(4)]
+    workers = [
+        start_worker(outbox_to, "--once", "--batch-size", "50") for _ in range(4)
+    ]
     outputs = finish(workers, timeout=240)
     assert [w.returncode for w in workers] == [0, 0, 0, 0], "\n".join(outputs)
     counts = delivered_ids(outbox_to)
@@ -129,10 +133,12 @@ def test_sigkilled_worker_loses_nothing(outbox_to):
     outbox_to.stall("DATA", 0.02)  # keep batches in flight long enough to kill
     victim = start_worker(outbox_to, "--batch-size", "40", lease=3)
     wait_until(
-        lambda: OutboxMessage.objects.filter(
-            status=Status.SENDING, claimed_by__contains=f":{victim.pid}:"
-        ).exists()
-        and len(outbox_to.deliveries) >= 5,
+        lambda: (
+            OutboxMessage.objects.filter(
+                status=Status.SENDING, claimed_by__contains=f":{victim.pid}:"
+            ).exists()
+            and len(outbox_to.deliveries) >= 5
+        ),
         30,
         "the victim to claim a batch and deliver some of it",
     )
@@ -145,7 +151,9 @@ def test_sigkilled_worker_loses_nothing(outbox_to):
     )
     assert stranded, "the victim died holding claimed messages"
 
-    rescuers = [start_worker(outbox_to, "--batch-size", "40", lease=3) for _ in range(2)]
+    rescuers = [
+        start_worker(outbox_to, "--batch-size", "40", lease=3) for _ in range(2)
+    ]
     try:
         wait_until(
             lambda: not OutboxMessage.objects.exclude(status=Status.SENT).exists(),
@@ -202,11 +210,14 @@ def test_claims_skip_rows_locked_by_another_transaction(outbox_to):
     )
     try:
         ids = list(
-            OutboxMessage.objects.order_by("next_attempt_at", "id").values_list("id", flat=True)
+            OutboxMessage.objects.order_by("next_attempt_at", "id").values_list(
+                "id", flat=True
+            )
         )
         with other.cursor() as cursor:
             cursor.execute(
-                "SELECT id FROM django_mailkit_outboxmessage WHERE id = ANY(%s) FOR UPDATE",
+                "SELECT id FROM django_mailkit_outboxmessage "
+                "WHERE id = ANY(%s) FOR UPDATE",
                 [ids[:4]],
             )
         started = time.monotonic()

@@ -57,7 +57,8 @@ class TestRegistry:
 
     def test_alias_is_set_from_the_key(self):
         with configured(
-            default={"BACKEND": CONSOLE}, bulk={"BACKEND": SMTP, "OPTIONS": {"host": "h"}}
+            default={"BACKEND": CONSOLE},
+            bulk={"BACKEND": SMTP, "OPTIONS": {"host": "h"}},
         ):
             assert mailers["bulk"].alias == "bulk"
             assert mailers.default.alias == "default"
@@ -115,35 +116,61 @@ class TestRegistry:
     def test_django_builtin_paths_get_our_backends(self, name, cls, tmp_path):
         options = {"smtp": {"host": "h"}, "filebased": {"file_path": tmp_path}}
         path = f"django.core.mail.backends.{name}.EmailBackend"
-        assert resolve_backend_path(path) == f"django_mailkit.backends.{name}.EmailBackend"
+        assert (
+            resolve_backend_path(path) == f"django_mailkit.backends.{name}.EmailBackend"
+        )
         with configured(default={"BACKEND": path, "OPTIONS": options.get(name, {})}):
             assert type(mailers.default) is cls
 
     def test_third_party_paths_are_untouched(self):
         path = "django.core.mail.backends.custom.EmailBackend"
         assert resolve_backend_path(path) == path
-        assert resolve_backend_path("tests.test_mailers.Other") == "tests.test_mailers.Other"
+        assert (
+            resolve_backend_path("tests.test_mailers.Other")
+            == "tests.test_mailers.Other"
+        )
 
 
 class TestConfigurationErrors:
     @pytest.mark.parametrize(
         "config, message",
         [
-            ({"BACKEND": "no.such.Backend"}, r"could not import BACKEND 'no.such.Backend'"),
+            (
+                {"BACKEND": "no.such.Backend"},
+                r"could not import BACKEND 'no.such.Backend'",
+            ),
             ({"BACKEND": CONSOLE, "OPTION": {}}, r"unknown keys 'OPTION'"),
             ({"BACKEND": CONSOLE, "OPTIONS": ["x"]}, r"'OPTIONS' must be a dict"),
-            ({"BACKEND": CONSOLE, "OPTIONS": {"alias": "x"}}, r"must not define 'alias'"),
-            ({"BACKEND": CONSOLE, "OPTIONS": {"colour": "red"}}, r"unknown OPTIONS 'colour'"),
+            (
+                {"BACKEND": CONSOLE, "OPTIONS": {"alias": "x"}},
+                r"must not define 'alias'",
+            ),
+            (
+                {"BACKEND": CONSOLE, "OPTIONS": {"colour": "red"}},
+                r"unknown OPTIONS 'colour'",
+            ),
             ({"BACKEND": SMTP}, r"\['OPTIONS'\]\['host'\]: is required"),
             (
-                {"BACKEND": SMTP, "OPTIONS": {"host": "h", "use_tls": True, "use_ssl": True}},
+                {
+                    "BACKEND": SMTP,
+                    "OPTIONS": {"host": "h", "use_tls": True, "use_ssl": True},
+                },
                 r"mutually exclusive",
             ),
-            ({"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": "smtp"}}, r"\['port'\]"),
-            ({"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 70000}}, r"\['port'\]"),
-            ({"BACKEND": SMTP, "OPTIONS": {"host": "h", "timeout": -1}}, r"\['timeout'\]"),
             (
-                {"BACKEND": SMTP, "OPTIONS": {"host": "h", "ssl_certfile": "/nonexistent"}},
+                {"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": "smtp"}},
+                r"\['port'\]",
+            ),
+            ({"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 70000}}, r"\['port'\]"),
+            (
+                {"BACKEND": SMTP, "OPTIONS": {"host": "h", "timeout": -1}},
+                r"\['timeout'\]",
+            ),
+            (
+                {
+                    "BACKEND": SMTP,
+                    "OPTIONS": {"host": "h", "ssl_certfile": "/nonexistent"},
+                },
                 r"\['ssl_certfile'\]: '/nonexistent' is not a readable file",
             ),
             ("smtp", r"must be a dict"),
@@ -162,15 +189,21 @@ class TestConfigurationErrors:
 
     def test_mailers_must_be_a_dict(self):
         with override_settings(MAILERS=[("default", {})]):
-            with pytest.raises(ImproperlyConfigured, match="MAILERS setting must be a dict"):
+            with pytest.raises(
+                ImproperlyConfigured, match="MAILERS setting must be a dict"
+            ):
                 mailers.default
 
     def test_default_ports(self):
         cases = [({}, 25), ({"use_tls": True}, 587), ({"use_ssl": True}, 465)]
         for options, port in cases:
-            with configured(default={"BACKEND": SMTP, "OPTIONS": {"host": "h", **options}}):
+            with configured(
+                default={"BACKEND": SMTP, "OPTIONS": {"host": "h", **options}}
+            ):
                 assert mailers.default.port == port
-        with configured(default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": "2525"}}):
+        with configured(
+            default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": "2525"}}
+        ):
             assert mailers.default.port == 2525
 
 
@@ -208,11 +241,15 @@ class TestLegacySettings:
 
     def test_legacy_error_names_the_setting(self, legacy):
         set_legacy(legacy, EMAIL_BACKEND=SMTP, EMAIL_USE_TLS=True, EMAIL_USE_SSL=True)
-        with pytest.raises(InvalidMailer, match=r"^EMAIL_USE_SSL: .*mutually exclusive"):
+        with pytest.raises(
+            InvalidMailer, match=r"^EMAIL_USE_SSL: .*mutually exclusive"
+        ):
             mailers.default
 
     def test_file_backend_needs_email_file_path(self, legacy, tmp_path):
-        set_legacy(legacy, EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend")
+        set_legacy(
+            legacy, EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend"
+        )
         with pytest.raises(InvalidMailer, match=r"^EMAIL_FILE_PATH: is required"):
             mailers.default
         set_legacy(legacy, EMAIL_FILE_PATH=str(tmp_path / "mail"))
@@ -233,7 +270,9 @@ class TestGetConnection:
         assert backend.alias == "default"
 
     def test_kwargs_extend_the_default_mailer_options(self):
-        with configured(default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 2525}}):
+        with configured(
+            default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 2525}}
+        ):
             with pytest.warns(MailkitDeprecationWarning):
                 backend = get_connection(fail_silently=True, timeout=3)
         assert (backend.host, backend.port, backend.timeout) == ("h", 2525, 3)
@@ -277,17 +316,25 @@ class TestDirectConstruction:
     def test_smtp_reads_legacy_settings(self, legacy):
         set_legacy(legacy, EMAIL_HOST="direct.example.com", EMAIL_PORT=1025)
         backend = smtp.EmailBackend()
-        assert (backend.host, backend.port, backend.alias) == ("direct.example.com", 1025, None)
+        assert (backend.host, backend.port, backend.alias) == (
+            "direct.example.com",
+            1025,
+            None,
+        )
 
     def test_unknown_option_is_a_type_error(self):
         with pytest.raises(TypeError, match="unknown options: 'colour'"):
             console.EmailBackend(colour="red")
 
-    @pytest.mark.skipif(django.VERSION < (6, 1), reason="Django 6.1 reads MAILERS itself")
+    @pytest.mark.skipif(
+        django.VERSION < (6, 1), reason="Django 6.1 reads MAILERS itself"
+    )
     def test_djangos_own_registry_builds_our_backends(self):
         from django.core import mail
 
-        with configured(default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 2525}}):
+        with configured(
+            default={"BACKEND": SMTP, "OPTIONS": {"host": "h", "port": 2525}}
+        ):
             backend = mail.mailers["default"]
         assert type(backend) is smtp.EmailBackend
         assert (backend.alias, backend.port) == ("default", 2525)

@@ -14,9 +14,21 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from django_mailkit import EmailMessage, EmailMultiAlternatives, InvalidMailer, mailers, send_mail
+from django_mailkit import (
+    EmailMessage,
+    EmailMultiAlternatives,
+    InvalidMailer,
+    mailers,
+    send_mail,
+)
 from django_mailkit.backends.base import BaseEmailBackend
-from django_mailkit.models import Attempt, OutboxMessage, Recipient, RecipientStatus, Status
+from django_mailkit.models import (
+    Attempt,
+    OutboxMessage,
+    Recipient,
+    RecipientStatus,
+    Status,
+)
 from django_mailkit.tasks import deliver_message
 from django_mailkit.worker import Worker
 
@@ -66,7 +78,9 @@ def queue_only():
     mail.outbox = []
     ScriptedBackend.script = []
     ScriptedBackend.delivered = []
-    with outbox_settings(use_tasks=False, transport="tests.test_outbox.ScriptedBackend"):
+    with outbox_settings(
+        use_tasks=False, transport="tests.test_outbox.ScriptedBackend"
+    ):
         yield
 
 
@@ -84,8 +98,12 @@ def drain():
 class TestRecording:
     def test_every_message_is_recorded_with_its_bytes(self, queue_only):
         msg = EmailMultiAlternatives(
-            "Grüße", "Body", "Sender <sender@example.com>", ["Ann <ann@example.com>"],
-            cc=["c@bücher.example"], bcc=["hidden@example.com"],
+            "Grüße",
+            "Body",
+            "Sender <sender@example.com>",
+            ["Ann <ann@example.com>"],
+            cc=["c@bücher.example"],
+            bcc=["hidden@example.com"],
             headers={"Message-ID": "<fixed@example.com>"},
         )
         msg.attach_alternative("<p>Body</p>", "text/html")
@@ -95,21 +113,29 @@ class TestRecording:
         assert (record.queued_via, record.mailer) == ("default", "transport")
         assert record.from_email == "sender@example.com"
         assert record.recipients == [
-            "ann@example.com", "c@xn--bcher-kva.example", "hidden@example.com"
+            "ann@example.com",
+            "c@xn--bcher-kva.example",
+            "hidden@example.com",
         ]
         assert record.subject == "Grüße"
         assert record.message_id == "<fixed@example.com>"
-        parsed = email.message_from_bytes(bytes(record.mime), policy=email.policy.default)
+        parsed = email.message_from_bytes(
+            bytes(record.mime), policy=email.policy.default
+        )
         assert parsed["Subject"] == "Grüße"
         assert "Bcc" not in parsed and b"hidden@example.com" not in bytes(record.mime)
         assert parsed.get_body(("html",)).get_content().strip() == "<p>Body</p>"
-        assert b"\r\n" in bytes(record.mime) and b"\n" not in bytes(record.mime).replace(b"\r\n", b"")
+        assert b"\r\n" in bytes(record.mime) and b"\n" not in bytes(
+            record.mime
+        ).replace(b"\r\n", b"")
         assert [(r.address, r.status) for r in record.recipient_set.all()] == [
             (a, RecipientStatus.PENDING) for a in record.recipients
         ]
 
     def test_send_messages_returns_how_many_were_queued(self, queue_only):
-        messages = [EmailMessage(f"m{i}", "b", None, [f"u{i}@example.com"]) for i in range(3)]
+        messages = [
+            EmailMessage(f"m{i}", "b", None, [f"u{i}@example.com"]) for i in range(3)
+        ]
         messages.append(EmailMessage("nobody", "b", None, []))
         assert mailers.default.send_messages(messages) == 3
         assert OutboxMessage.objects.count() == 3
@@ -127,13 +153,17 @@ class TestRecording:
 
     def test_deliver_using_is_required(self):
         with override_settings(MAILERS={"default": {"BACKEND": OUTBOX}}):
-            with pytest.raises(InvalidMailer, match=r"\['deliver_using'\]: is required"):
+            with pytest.raises(
+                InvalidMailer, match=r"\['deliver_using'\]: is required"
+            ):
                 mailers.default
 
     def test_djangos_own_messages_are_recorded(self, queue_only):
         from django.core.mail import EmailMessage as DjangoEmailMessage
 
-        mailers.default.send_messages([DjangoEmailMessage("django", "b", None, ["a@example.com"])])
+        mailers.default.send_messages(
+            [DjangoEmailMessage("django", "b", None, ["a@example.com"])]
+        )
         assert OutboxMessage.objects.get().subject == "django"
 
 
@@ -165,14 +195,18 @@ class TestDeliveryOnCommit:
         assert [m.subject for m in mail.outbox] == ["autocommit"]
 
     def test_transport_gets_the_stored_message(self, outbox):
-        msg = EmailMessage("s", "body text", "f@example.com", ["a@example.com"], bcc=["b@example.com"])
+        msg = EmailMessage(
+            "s", "body text", "f@example.com", ["a@example.com"], bcc=["b@example.com"]
+        )
         msg.send()
         (delivered,) = mail.outbox
         assert delivered.recipients() == ["a@example.com", "b@example.com"]
         assert delivered.to == ["a@example.com"]
         assert delivered.body.strip() == "body text"
         record = OutboxMessage.objects.get()
-        assert delivered.message().as_bytes(policy=email.policy.SMTP) == bytes(record.mime)
+        assert delivered.message().as_bytes(policy=email.policy.SMTP) == bytes(
+            record.mime
+        )
 
 
 class TestRetries:
@@ -188,7 +222,9 @@ class TestRetries:
         assert drain().sent == 1
         record.refresh_from_db()
         assert record.status == Status.SENT and record.attempts == 2
-        assert [(a.number, a.outcome, a.smtp_code) for a in record.attempt_set.all()] == [
+        assert [
+            (a.number, a.outcome, a.smtp_code) for a in record.attempt_set.all()
+        ] == [
             (1, "retry", 451),
             (2, "sent", None),
         ]
@@ -227,14 +263,18 @@ class TestRetries:
         assert "TimeoutError" in record.last_error
         assert ScriptedBackend.delivered == []
 
-    def test_unexpected_errors_fail_the_message_without_blocking_the_queue(self, queue_only):
+    def test_unexpected_errors_fail_the_message_without_blocking_the_queue(
+        self, queue_only
+    ):
         ScriptedBackend.script = [ValueError("cannot handle this one"), None]
         send_mail("bad", "b", None, ["a@example.com"])
         send_mail("good", "b", None, ["b@example.com"])
         stats = drain()
         assert (stats.failed, stats.sent) == (1, 1)
         bad = OutboxMessage.objects.get(subject="bad")
-        assert bad.status == Status.FAILED and "cannot handle this one" in bad.last_error
+        assert (
+            bad.status == Status.FAILED and "cannot handle this one" in bad.last_error
+        )
         assert [m.subject for m in ScriptedBackend.delivered] == ["good"]
 
     def test_misconfigured_transport_retries(self, queue_only):
@@ -277,7 +317,9 @@ class TestClaims:
 
     def test_expired_lease_is_recovered(self, queue_only):
         self.queue(1)
-        (claimed,) = OutboxMessage.objects.claim("crashed", limit=1, lease=timedelta(minutes=1))
+        (claimed,) = OutboxMessage.objects.claim(
+            "crashed", limit=1, lease=timedelta(minutes=1)
+        )
         assert drain().handled == 0  # leased to the crashed worker
         OutboxMessage.objects.filter(pk=claimed.pk).update(
             lease_expires_at=timezone.now() - timedelta(seconds=1)
@@ -288,11 +330,15 @@ class TestClaims:
 
     def test_a_worker_that_lost_its_lease_cannot_write(self, queue_only):
         self.queue(1)
-        (claimed,) = OutboxMessage.objects.claim("slow", limit=1, lease=timedelta(minutes=1))
+        (claimed,) = OutboxMessage.objects.claim(
+            "slow", limit=1, lease=timedelta(minutes=1)
+        )
         OutboxMessage.objects.filter(pk=claimed.pk).update(
             status=Status.QUEUED, claimed_by="", lease_expires_at=None
         )
-        (reclaimed,) = OutboxMessage.objects.claim("fast", limit=1, lease=timedelta(minutes=1))
+        (reclaimed,) = OutboxMessage.objects.claim(
+            "fast", limit=1, lease=timedelta(minutes=1)
+        )
         assert claimed.finish(Status.SENT) is False
         assert reclaimed.finish(Status.SENT) is True
 
@@ -336,7 +382,10 @@ class TestWorker:
         worker = Worker(batch_size=4, once=True)
         with override_settings(
             MAILERS={
-                "default": {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "transport"}},
+                "default": {
+                    "BACKEND": OUTBOX,
+                    "OPTIONS": {"deliver_using": "transport"},
+                },
                 "transport": {"BACKEND": "tests.test_outbox.StopAfterFirstBackend"},
             }
         ):
@@ -369,7 +418,9 @@ class TestOutboxCommand:
         out = io.StringIO()
         call_command("mailkit_outbox", "list", stdout=out)
         assert "Hello list" in out.getvalue() and "queued" in out.getvalue()
-        ScriptedBackend.script = [smtplib.SMTPResponseException(550, b"5.1.1 unknown user")]
+        ScriptedBackend.script = [
+            smtplib.SMTPResponseException(550, b"5.1.1 unknown user")
+        ]
         drain()
         record = OutboxMessage.objects.get()
         out = io.StringIO()
@@ -400,7 +451,9 @@ class TestOutboxCommand:
         queued.refresh_from_db()
         assert queued.status == Status.CANCELLED
         with pytest.raises(CommandError, match="not cancelled"):
-            call_command("mailkit_outbox", "cancel", str(queued.pk), stdout=io.StringIO())
+            call_command(
+                "mailkit_outbox", "cancel", str(queued.pk), stdout=io.StringIO()
+            )
 
     def test_purge(self, queue_only):
         for subject in ("old sent", "old queued", "new sent"):
@@ -410,10 +463,14 @@ class TestOutboxCommand:
         )
         OutboxMessage.objects.exclude(subject="old queued").update(status=Status.SENT)
         out = io.StringIO()
-        call_command("mailkit_outbox", "purge", "--older-than", "30", "--dry-run", stdout=out)
+        call_command(
+            "mailkit_outbox", "purge", "--older-than", "30", "--dry-run", stdout=out
+        )
         assert "Would delete 1 message(s) older than 30 days (1 sent)" in out.getvalue()
         assert OutboxMessage.objects.count() == 3
-        call_command("mailkit_outbox", "purge", "--older-than", "30", stdout=io.StringIO())
+        call_command(
+            "mailkit_outbox", "purge", "--older-than", "30", stdout=io.StringIO()
+        )
         assert sorted(OutboxMessage.objects.values_list("subject", flat=True)) == [
             "new sent",
             "old queued",  # never purged: still to be delivered

@@ -36,7 +36,12 @@ def server(smtp_server_factory):
 
 
 def send(subject="s", to=("a@example.com",), **kwargs):
-    assert mailers.default.send_messages([EmailMessage(subject, "body", "f@example.com", list(to), **kwargs)]) == 1
+    assert (
+        mailers.default.send_messages(
+            [EmailMessage(subject, "body", "f@example.com", list(to), **kwargs)]
+        )
+        == 1
+    )
     return OutboxMessage.objects.get(subject=subject)
 
 
@@ -44,7 +49,9 @@ def attempt():
     """One worker pass over what is due, then make retries due at once."""
     stats = Worker(once=True, interval=0).run()
     assert stats.errors == 0
-    OutboxMessage.objects.filter(status=Status.QUEUED).update(next_attempt_at=timezone.now())
+    OutboxMessage.objects.filter(status=Status.QUEUED).update(
+        next_attempt_at=timezone.now()
+    )
     return stats
 
 
@@ -86,13 +93,25 @@ def test_per_recipient_results_and_retries(server):
     assert states(record)["b@example.com"] == (RecipientStatus.SENT, 250)
     assert states(record)["d@example.com"] == (RecipientStatus.FAILED, 452)
     assert history(record) == [
-        (1, "retry", {"a@example.com": 250, "b@example.com": 451, "c@example.com": 550,
-                      "d@example.com": 452, "e@example.com": 554}),
+        (
+            1,
+            "retry",
+            {
+                "a@example.com": 250,
+                "b@example.com": 451,
+                "c@example.com": 550,
+                "d@example.com": 452,
+                "e@example.com": 554,
+            },
+        ),
         (2, "retry", {"b@example.com": 250, "d@example.com": 452}),
         (3, "partial", {"d@example.com": 452}),
     ]
     # Each accepted recipient got the message exactly once.
-    assert [d.rcpt_tos for d in server.deliveries] == [["a@example.com"], ["b@example.com"]]
+    assert [d.rcpt_tos for d in server.deliveries] == [
+        ["a@example.com"],
+        ["b@example.com"],
+    ]
 
 
 def test_all_recipients_refused_for_good(server):
@@ -126,7 +145,9 @@ def test_whole_message_replies(server, stage, reply, outcomes, final):
     assert first.smtp_code == int(reply[:3])
     assert reply[4:] in first.smtp_reply
     if final == Status.FAILED:
-        assert states(record) == {"a@example.com": (RecipientStatus.FAILED, int(reply[:3]))}
+        assert states(record) == {
+            "a@example.com": (RecipientStatus.FAILED, int(reply[:3]))
+        }
         assert reply[:3] in record.last_error
 
 
@@ -150,7 +171,9 @@ def test_one_connection_per_batch_and_no_blocking(server):
     bad = send("bad", to=["bad@example.com"])
     stats = attempt()
     assert (stats.sent, stats.failed) == (5, 1)
-    assert all(OutboxMessage.objects.get(pk=r.pk).status == Status.SENT for r in records)
+    assert all(
+        OutboxMessage.objects.get(pk=r.pk).status == Status.SENT for r in records
+    )
     assert OutboxMessage.objects.get(pk=bad.pk).status == Status.FAILED
     assert len(server.wait_closed()) == 1
 
@@ -162,7 +185,9 @@ def test_connection_refused_keeps_messages_queued(server, closed_port):
                 "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
                 "OPTIONS": {"deliver_using": "smtp"},
             },
-            "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}},
+            "smtp": {
+                "OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}
+            },
         },
         MAILKIT={"USE_TASKS": False},
     ):
@@ -170,5 +195,7 @@ def test_connection_refused_keeps_messages_queued(server, closed_port):
         stats = attempt()
     assert stats.retry == 1
     record.refresh_from_db()
-    assert record.status == Status.QUEUED and "ConnectionRefusedError" in record.last_error
+    assert (
+        record.status == Status.QUEUED and "ConnectionRefusedError" in record.last_error
+    )
     assert states(record) == {"a@example.com": (RecipientStatus.PENDING, None)}

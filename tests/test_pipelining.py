@@ -14,7 +14,13 @@ from django_mailkit import EmailMessage, InvalidMailer, mailers
 
 def batch(count, prefix="m", **kwargs):
     return [
-        EmailMessage(f"{prefix}{i}", f"body {i}", "from@example.com", [f"u{i}@example.com"], **kwargs)
+        EmailMessage(
+            f"{prefix}{i}",
+            f"body {i}",
+            "from@example.com",
+            [f"u{i}@example.com"],
+            **kwargs,
+        )
         for i in range(count)
     ]
 
@@ -29,7 +35,12 @@ def configure(server, **options):
         MAILERS={
             "default": {
                 "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5, **options},
+                "OPTIONS": {
+                    "host": server.host,
+                    "port": server.port,
+                    "timeout": 5,
+                    **options,
+                },
             }
         }
     )
@@ -44,7 +55,9 @@ def test_large_batch_spreads_over_max_connections(server):
     with configure(server, max_connections=4):
         assert mailers.default.send_messages(messages) == 64
     assert subjects(server) == sorted(m.subject for m in messages)
-    assert len({d.session.number for d in server.deliveries}) == (4 if server.pipelining else 1)
+    assert len({d.session.number for d in server.deliveries}) == (
+        4 if server.pipelining else 1
+    )
     assert all(m.smtp_error is None and m.refused_recipients == {} for m in messages)
 
 
@@ -127,7 +140,9 @@ def test_bad_input_fails_before_anything_is_sent(server):
 def test_dots_at_line_starts_survive(server):
     body = ".leading dot\n..two dots\n.\nend"
     with configure(server):
-        mailers.default.send_messages([EmailMessage("dots", body, "f@example.com", ["a@example.com"])])
+        mailers.default.send_messages(
+            [EmailMessage("dots", body, "f@example.com", ["a@example.com"])]
+        )
     (delivery,) = server.deliveries
     assert delivery.message.get_content().rstrip("\n") == body
 

@@ -84,7 +84,9 @@ class TestUnderTheTestRunner:
             ("s", "default"),
             ("s2", "notifications"),
         ]
-        assert all(type(mailers[alias]).__module__.endswith("locmem") for alias in mailers)
+        assert all(
+            type(mailers[alias]).__module__.endswith("locmem") for alias in mailers
+        )
 
     def test_djangos_own_send_mail_lands_in_the_outbox(self, mailoutbox):
         assert django_mail.send_mail("django", "b", None, ["a@example.com"]) == 1
@@ -94,7 +96,15 @@ class TestUnderTheTestRunner:
 
 class TestSendMail:
     def test_plain(self, mailoutbox):
-        assert send_mail("Subject", "Body", "from@example.com", ["a@example.com", "b@example.com"]) == 1
+        assert (
+            send_mail(
+                "Subject",
+                "Body",
+                "from@example.com",
+                ["a@example.com", "b@example.com"],
+            )
+            == 1
+        )
         (sent,) = mailoutbox
         assert isinstance(sent, EmailMultiAlternatives)
         assert sent.to == ["a@example.com", "b@example.com"]
@@ -111,7 +121,10 @@ class TestSendMail:
         send_mail("s", "text", None, ["a@example.com"], html_message="<p>html</p>")
         msg = parsed(mailoutbox[0])
         assert msg.get_content_type() == "multipart/alternative"
-        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert [p.get_content_type() for p in msg.iter_parts()] == [
+            "text/plain",
+            "text/html",
+        ]
         assert msg.get_body(("html",)).get_content().strip() == "<p>html</p>"
 
     def test_address_objects(self, mailoutbox):
@@ -140,7 +153,10 @@ class TestSendMail:
         [
             ({"fail_silently": True}, "'fail_silently' is not compatible with 'using'"),
             ({"auth_user": "u"}, "'auth_user' and 'auth_password' are not compatible"),
-            ({"auth_password": "p"}, "'auth_user' and 'auth_password' are not compatible"),
+            (
+                {"auth_password": "p"},
+                "'auth_user' and 'auth_password' are not compatible",
+            ),
         ],
     )
     def test_using_excludes_deprecated_arguments(self, recording, kwargs, message):
@@ -153,31 +169,50 @@ class TestSendMail:
         connection = mailers["other"]
         with pytest.warns(MailkitDeprecationWarning, match="'connection'"):
             with pytest.raises(TypeError, match="'connection' is not compatible"):
-                send_mail("s", "b", None, ["a@x.com"], using="other", connection=connection)
+                send_mail(
+                    "s", "b", None, ["a@x.com"], using="other", connection=connection
+                )
 
     def test_deprecated_connection(self, recording):
         connection = mailers["other"]
         with pytest.warns(MailkitDeprecationWarning, match="'connection' argument"):
-            assert send_mail("s", "b", None, ["a@example.com"], connection=connection) == 1
+            assert (
+                send_mail("s", "b", None, ["a@example.com"], connection=connection) == 1
+            )
         assert [m.subject for m in connection.sent] == ["s"]
 
     def test_connection_excludes_fail_silently_and_auth(self, recording):
         connection = mailers["other"]
         with pytest.warns(MailkitDeprecationWarning):
             with pytest.raises(TypeError, match="fail_silently"):
-                send_mail("s", "b", None, ["a@x.com"], connection=connection, fail_silently=True)
+                send_mail(
+                    "s",
+                    "b",
+                    None,
+                    ["a@x.com"],
+                    connection=connection,
+                    fail_silently=True,
+                )
         with pytest.warns(MailkitDeprecationWarning):
             with pytest.raises(TypeError, match="auth_user"):
-                send_mail("s", "b", None, ["a@x.com"], connection=connection, auth_user="u")
+                send_mail(
+                    "s", "b", None, ["a@x.com"], connection=connection, auth_user="u"
+                )
 
     def test_deprecated_auth_arguments_reach_the_backend(self, recording):
         with pytest.warns(MailkitDeprecationWarning, match="auth_user"):
             send_mail("s", "b", None, ["a@x.com"], auth_user="me", auth_password="pw")
         (backend,) = recording
-        assert (backend.alias, backend.username, backend.password) == ("default", "me", "pw")
+        assert (backend.alias, backend.username, backend.password) == (
+            "default",
+            "me",
+            "pw",
+        )
 
     def test_deprecated_fail_silently(self, recording):
-        with override_settings(MAILERS={"default": {"BACKEND": "tests.test_sending.FailingBackend"}}):
+        with override_settings(
+            MAILERS={"default": {"BACKEND": "tests.test_sending.FailingBackend"}}
+        ):
             with pytest.raises(smtplib.SMTPDataError):
                 send_mail("s", "b", None, ["a@x.com"])
             with pytest.warns(MailkitDeprecationWarning, match="fail_silently"):
@@ -221,7 +256,9 @@ class TestSendMassMail:
         assert recording[0].alias == "other"
 
     def test_messages_without_recipients_are_skipped(self, recording):
-        assert send_mass_mail([("s", "b", None, []), ("t", "b", None, ["a@x.com"])]) == 1
+        assert (
+            send_mass_mail([("s", "b", None, []), ("t", "b", None, ["a@x.com"])]) == 1
+        )
         assert [m.subject for m in recording[0].sent] == ["t"]
 
     def test_deprecated_positional_fail_silently(self, recording):
@@ -246,7 +283,9 @@ class TestMailAdmins:
     def test_managers(self, mailoutbox, settings):
         settings.MANAGERS = ["boss@example.com"]
         assert mail_managers("Hi", "there", using="notifications") == 1
-        assert [(m.to, m.sent_using) for m in mailoutbox] == [(["boss@example.com"], "notifications")]
+        assert [(m.to, m.sent_using) for m in mailoutbox] == [
+            (["boss@example.com"], "notifications")
+        ]
 
     @pytest.mark.parametrize("value", [[], (), None])
     def test_empty_sends_nothing(self, mailoutbox, settings, value):
@@ -257,7 +296,10 @@ class TestMailAdmins:
     def test_legacy_pairs_keep_the_name_safely(self, mailoutbox, settings):
         import django
 
-        settings.MANAGERS = [("Doe, Jane", "jane@example.com"), ("Bob", "bob@example.com")]
+        settings.MANAGERS = [
+            ("Doe, Jane", "jane@example.com"),
+            ("Bob", "bob@example.com"),
+        ]
         if django.VERSION >= (6, 0):
             with pytest.warns(MailkitDeprecationWarning, match="MANAGERS"):
                 mail_managers("s", "b")
@@ -314,7 +356,9 @@ class TestEmailMessageSend:
         msg = EmailMessage("s", "b", None, ["a@x.com"])
         with pytest.raises(smtplib.SMTPDataError):
             msg.send(using="failing")
-        with override_settings(MAILERS={"default": {"BACKEND": "tests.test_sending.FailingBackend"}}):
+        with override_settings(
+            MAILERS={"default": {"BACKEND": "tests.test_sending.FailingBackend"}}
+        ):
             with pytest.warns(MailkitDeprecationWarning, match="fail_silently"):
                 assert msg.send(fail_silently=True) == 0
         with pytest.warns(MailkitDeprecationWarning):
@@ -327,7 +371,9 @@ class TestEmailMessageSend:
             msg = EmailMessage("s", "b", None, ["a@x.com"], connection=connection)
         assert msg.send() == 1
         assert connection.sent == [msg]
-        with pytest.raises(TypeError, match="'connection' is not compatible with 'using'"):
+        with pytest.raises(
+            TypeError, match="'connection' is not compatible with 'using'"
+        ):
             msg.send(using="other")
         with pytest.warns(MailkitDeprecationWarning, match="EmailMessage.connection"):
             assert msg.connection is connection

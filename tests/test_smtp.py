@@ -764,7 +764,7 @@ class TestLegacySettings:
         )
         del settings.MAILERS
         with pytest.raises(InvalidMailer) as excinfo:
-            mailers.default  # noqa: B018 (building the backend raises)
+            mailers.default
         assert str(excinfo.value).startswith("EMAIL_USE_SSL")
 
     def test_port_comes_from_email_port(self, settings):

@@ -39,7 +39,10 @@ SETTINGS = ["settings_mailers", "settings_legacy"]
 
 @pytest.mark.parametrize("settings_module", SETTINGS)
 def test_django_test_runner(settings_module):
-    result = run(["-m", "django", "test", "runner_project.test_outbox", "-v", "2"], settings_module)
+    result = run(
+        ["-m", "django", "test", "runner_project.test_outbox", "-v", "2"],
+        settings_module,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Ran 3 tests" in output
@@ -72,8 +75,11 @@ def test_pytest_django(settings_module):
 def test_a_failure_is_reported(tmp_path):
     """The harness itself can fail: a test expecting real delivery fails."""
     result = run(
-        ["-c", "import django; django.setup(); import django_mailkit; "
-         "django_mailkit.send_mail('s', 'b', None, ['a@example.com'])"],
+        [
+            "-c",
+            "import django; django.setup(); import django_mailkit; "
+            "django_mailkit.send_mail('s', 'b', None, ['a@example.com'])",
+        ],
         "settings_mailers",
     )
     # Outside a test environment the closed port really is tried.

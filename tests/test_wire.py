@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_mailkit import EmailMessage, EmailMultiAlternatives
-from django_mailkit import wire
+from django_mailkit import EmailMessage, EmailMultiAlternatives, wire
 from django_mailkit.message import render_bytes
 
 POLICIES = {
@@ -29,7 +28,9 @@ FIXED = {"Date": "Sat, 21 Nov 2026 10:00:00 +0000", "Message-ID": "<fixed@exampl
 
 def parse(data):
     # SMTP's CRLF line ends stay in parsed bodies; compare text with LF.
-    return email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    return email.message_from_bytes(
+        data.replace(b"\r\n", b"\n"), policy=email.policy.default
+    )
 
 
 def utf8(text):
@@ -47,7 +48,10 @@ def same_words(name):
 
 def header_view(value):
     if isinstance(value, AddressHeader):
-        return [(same_words(utf8(a.display_name)), utf8(a.addr_spec)) for a in value.addresses]
+        return [
+            (same_words(utf8(a.display_name)), utf8(a.addr_spec))
+            for a in value.addresses
+        ]
     # White space at either end of a header isn't significant (the parser
     # drops some of it, depending on how the header was encoded).
     return utf8(str(value)).strip()
@@ -78,8 +82,15 @@ def tree(part):
 
 
 def full_view(msg):
-    skip = {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
-    headers = [(k.lower(), header_view(v)) for k, v in msg.items() if k.lower() not in skip]
+    skip = {
+        "content-type",
+        "content-transfer-encoding",
+        "mime-version",
+        "content-disposition",
+    }
+    headers = [
+        (k.lower(), header_view(v)) for k, v in msg.items() if k.lower() not in skip
+    ]
     return {"headers": headers, "tree": tree(msg)}
 
 
@@ -102,12 +113,16 @@ def policy(request):
 
 
 def plain(**kwargs):
-    return EmailMessage("Hello", "Body\n", "from@example.com", ["to@example.com"], **kwargs)
+    return EmailMessage(
+        "Hello", "Body\n", "from@example.com", ["to@example.com"], **kwargs
+    )
 
 
 class TestExamples:
     def test_plain(self, policy):
-        data = assert_same_meaning(plain(cc=["c@example.com"], reply_to=["r@example.com"]), policy)
+        data = assert_same_meaning(
+            plain(cc=["c@example.com"], reply_to=["r@example.com"]), policy
+        )
         assert data.isascii()
 
     def test_non_ascii_everything(self, policy):
@@ -116,7 +131,10 @@ class TestExamples:
             "Héllo wörld\n" + "ü" * 500 + "\nΚαλημέρα 🌍\n",
             Address("Jöhn Dœ, Sr.", addr_spec="john@exämple.com"),
             ["Ann <ann@example.com>", 'Bob "the builder" <bob@bücher.de>'],
-            headers={"X-Note": "naïve café", "List-Unsubscribe": "<mailto:u@example.com>"},
+            headers={
+                "X-Note": "naïve café",
+                "List-Unsubscribe": "<mailto:u@example.com>",
+            },
         )
         msg.attach_alternative("<p>Grüße 🌍</p>", "text/html")
         msg.attach("résumé.pdf", b"%PDF-1.4 \x00\xff" * 100, "application/pdf")
@@ -145,7 +163,11 @@ class TestExamples:
 
     def test_nested_messages(self, policy):
         inner = EmailMessage("Ïnner", "inner body", "a@example.com", ["b@example.com"])
-        inner.attach("deep.eml", EmailMessage("deeper", "x", "c@example.com", ["d@example.com"]), "message/rfc822")
+        inner.attach(
+            "deep.eml",
+            EmailMessage("deeper", "x", "c@example.com", ["d@example.com"]),
+            "message/rfc822",
+        )
         inner.extra_headers = dict(FIXED)
         inner.attachments[0].content.extra_headers = dict(FIXED)
         msg = plain()
@@ -153,12 +175,23 @@ class TestExamples:
         assert_same_meaning(msg, policy)
 
     def test_groups_and_header_overrides(self, policy):
-        msg = plain(headers={"To": "undisclosed-recipients:;", "From": "Shown <shown@example.com>"})
+        msg = plain(
+            headers={
+                "To": "undisclosed-recipients:;",
+                "From": "Shown <shown@example.com>",
+            }
+        )
         assert_same_meaning(msg, policy)
 
     def test_mimepart_attachment_is_embedded(self, policy):
         part = MIMEPart()
-        part.set_content(b"\x89PNG", maintype="image", subtype="png", disposition="inline", cid="<img1@example.com>")
+        part.set_content(
+            b"\x89PNG",
+            maintype="image",
+            subtype="png",
+            disposition="inline",
+            cid="<img1@example.com>",
+        )
         msg = EmailMultiAlternatives("s", "b", "f@example.com", ["t@example.com"])
         msg.attach_alternative('<img src="cid:img1@example.com">', "text/html")
         msg.attach(part)
@@ -178,7 +211,9 @@ class TestFallback:
                 msg["X-Custom"] = "yes"
                 return msg
 
-        data, _ = render_bytes(Custom("s", "b", "f@example.com", ["t@example.com"]), email.policy.SMTP)
+        data, _ = render_bytes(
+            Custom("s", "b", "f@example.com", ["t@example.com"]), email.policy.SMTP
+        )
         assert parse(data)["X-Custom"] == "yes"
 
     def test_subclass_that_only_adds_behaviour_keeps_the_fast_path(self):
@@ -242,7 +277,9 @@ class TestAddressSafety:
 text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=120
 )
-name = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=60)
+name = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=60
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -255,8 +292,15 @@ name = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Z
     attachment=st.binary(max_size=2000),
     utf8=st.booleans(),
 )
-def test_generated_messages_mean_the_same(subject, body, display, filename, html, attachment, utf8):
-    msg = EmailMultiAlternatives(subject, body, Address(display, addr_spec="from@example.com"), ["to@example.com"])
+def test_generated_messages_mean_the_same(
+    subject, body, display, filename, html, attachment, utf8
+):
+    msg = EmailMultiAlternatives(
+        subject,
+        body,
+        Address(display, addr_spec="from@example.com"),
+        ["to@example.com"],
+    )
     if html:
         msg.attach_alternative(f"<p>{body}</p>", "text/html")
     msg.attach(filename, attachment, "application/octet-stream")

@@ -93,7 +93,9 @@ class BaseEmailBackend:
         return InvalidMailer(detail, alias=self.alias, option=option, setting=setting)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} alias={self.alias!r}>"
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} alias={self.alias!r}>"
+        )
 
     def open(self) -> bool | None:
         """

@@ -64,7 +64,7 @@ class EmailBackend(BaseEmailBackend):
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             name = f"{stamp}-{uuid.uuid4().hex[:12]}.log"
             # "x": never append to (or clobber) another session's file.
-            self.stream = open(os.path.join(self.file_path, name), "xb")  # noqa: SIM115
+            self.stream = open(os.path.join(self.file_path, name), "xb")
             return True
 
     def close(self) -> None:

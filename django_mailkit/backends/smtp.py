@@ -286,7 +286,9 @@ class EmailBackend(BaseEmailBackend):
         """Send one message (see send_messages())."""
         return self.send_messages([message]) == 1
 
-    def _settle(self, job: Job, result: Transmission | BaseException) -> BaseException | None:
+    def _settle(
+        self, job: Job, result: Transmission | BaseException
+    ) -> BaseException | None:
         """Turn one result into the message's outcome; return its error."""
         message = job.message
         message.smtp_error = None
@@ -321,7 +323,9 @@ class EmailBackend(BaseEmailBackend):
         results: dict[int, Transmission | BaseException] = {}
 
         def work(share: list[Job], primary: bool) -> None:
-            for job, result in zip(share, self._share(share, primary=primary), strict=True):
+            for job, result in zip(
+                share, self._share(share, primary=primary), strict=True
+            ):
                 results[id(job)] = result
 
         threads = [
@@ -335,7 +339,9 @@ class EmailBackend(BaseEmailBackend):
             thread.join()
         return [results[id(job)] for job in jobs]
 
-    def _share(self, jobs: list[Job], *, primary: bool) -> list[Transmission | BaseException]:
+    def _share(
+        self, jobs: list[Job], *, primary: bool
+    ) -> list[Transmission | BaseException]:
         """
         Send ``jobs`` over one connection (the backend's own if ``primary``).
 
@@ -359,9 +365,15 @@ class EmailBackend(BaseEmailBackend):
                     if primary:
                         self.connection = connection
                 session = _Session(connection)
-                for i, result in zip(todo, session.run([jobs[i] for i in todo]), strict=True):
+                for i, result in zip(
+                    todo, session.run([jobs[i] for i in todo]), strict=True
+                ):
                     results[i] = result
-                if fresh and session.lost and all(results[i] is NOT_ATTEMPTED for i in todo):
+                if (
+                    fresh
+                    and session.lost
+                    and all(results[i] is NOT_ATTEMPTED for i in todo)
+                ):
                     # No progress on a fresh connection: give up on the rest.
                     # (A reused one may just have gone stale: try a new one.)
                     for i in todo:
@@ -397,7 +409,9 @@ class EmailBackend(BaseEmailBackend):
         job = Job(sender, recipients, data, smtputf8)
         with self._lock:
             if self.connection is None and self.open() is None:
-                raise smtplib.SMTPServerDisconnected("Could not connect (failed silently).")
+                raise smtplib.SMTPServerDisconnected(
+                    "Could not connect (failed silently)."
+                )
             assert self.connection is not None
             self.connection.ehlo_or_helo_if_needed()
             (result,) = self._share([job], primary=True)
@@ -472,7 +486,9 @@ class Job:
     def envelope(self, options: list[str]) -> bytes:
         lines = [f"MAIL FROM:<{self.sender}>" + "".join(f" {o}" for o in options)]
         lines.extend(f"RCPT TO:<{address}>" for address in self.recipients)
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8" if self.smtputf8 else "ascii")
+        return ("\r\n".join(lines) + "\r\n").encode(
+            "utf-8" if self.smtputf8 else "ascii"
+        )
 
     def content(self) -> bytes:
         """The DATA content: dot-stuffed, ending with CRLF and the final dot."""
@@ -545,7 +561,9 @@ class _Session:
                     results[i] = error
             return results
         # A 421 answered: what was awaiting a reply never got one.
-        self.error = smtplib.SMTPServerDisconnected("The server closed the connection (421).")
+        self.error = smtplib.SMTPServerDisconnected(
+            "The server closed the connection (421)."
+        )
         for kind, i in self._awaiting:
             if kind == "final":
                 results[i] = self.error
@@ -556,7 +574,9 @@ class _Session:
         options: list[str] = []
         if job.smtputf8:
             if not connection.has_extn("smtputf8"):
-                culprit = next(a for a in [job.sender, *job.recipients] if not a.isascii())
+                culprit = next(
+                    a for a in [job.sender, *job.recipients] if not a.isascii()
+                )
                 raise SMTPUTF8Unsupported(culprit)
             options.append("SMTPUTF8")
             if connection.has_extn("8bitmime"):
@@ -598,7 +618,9 @@ class _Session:
         self._queue(job.content(), "final", index)
         return Transmission(replies, None)  # completed by _read_awaiting()
 
-    def _plain(self, index: int, job: Job, options: list[str]) -> Transmission | BaseException:
+    def _plain(
+        self, index: int, job: Job, options: list[str]
+    ) -> Transmission | BaseException:
         connection = self.connection
         code, reply = connection.mail(job.sender, options)
         if code != 250:

@@ -6,79 +6,257 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='OutboxMessage',
+            name="OutboxMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('queued_via', models.CharField(help_text='The outbox mailer alias.', max_length=100, verbose_name='queued via')),
-                ('mailer', models.CharField(help_text='The mailer alias that delivers it.', max_length=100, verbose_name='mailer')),
-                ('from_email', models.TextField(verbose_name='envelope sender')),
-                ('recipients', models.JSONField(default=list, verbose_name='envelope recipients')),
-                ('subject', models.TextField(blank=True, verbose_name='subject')),
-                ('message_id', models.CharField(blank=True, max_length=998, verbose_name='Message-ID')),
-                ('mime', models.BinaryField(verbose_name='message bytes')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('sending', 'Sending'), ('sent', 'Sent'), ('partial', 'Partially sent'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=16, verbose_name='status')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='attempts')),
-                ('requeued_attempts', models.PositiveIntegerField(default=0, editable=False)),
-                ('next_attempt_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='next attempt')),
-                ('claimed_by', models.CharField(blank=True, max_length=200, verbose_name='claimed by')),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True, verbose_name='lease expires')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created')),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='updated')),
-                ('sent_at', models.DateTimeField(blank=True, null=True, verbose_name='sent')),
-                ('last_error', models.TextField(blank=True, verbose_name='last error')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "queued_via",
+                    models.CharField(
+                        help_text="The outbox mailer alias.",
+                        max_length=100,
+                        verbose_name="queued via",
+                    ),
+                ),
+                (
+                    "mailer",
+                    models.CharField(
+                        help_text="The mailer alias that delivers it.",
+                        max_length=100,
+                        verbose_name="mailer",
+                    ),
+                ),
+                ("from_email", models.TextField(verbose_name="envelope sender")),
+                (
+                    "recipients",
+                    models.JSONField(default=list, verbose_name="envelope recipients"),
+                ),
+                ("subject", models.TextField(blank=True, verbose_name="subject")),
+                (
+                    "message_id",
+                    models.CharField(
+                        blank=True, max_length=998, verbose_name="Message-ID"
+                    ),
+                ),
+                ("mime", models.BinaryField(verbose_name="message bytes")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("sending", "Sending"),
+                            ("sent", "Sent"),
+                            ("partial", "Partially sent"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "attempts",
+                    models.PositiveIntegerField(default=0, verbose_name="attempts"),
+                ),
+                (
+                    "requeued_attempts",
+                    models.PositiveIntegerField(default=0, editable=False),
+                ),
+                (
+                    "next_attempt_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="next attempt"
+                    ),
+                ),
+                (
+                    "claimed_by",
+                    models.CharField(
+                        blank=True, max_length=200, verbose_name="claimed by"
+                    ),
+                ),
+                (
+                    "lease_expires_at",
+                    models.DateTimeField(
+                        blank=True, null=True, verbose_name="lease expires"
+                    ),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="created"
+                    ),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="updated"
+                    ),
+                ),
+                (
+                    "sent_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="sent"),
+                ),
+                ("last_error", models.TextField(blank=True, verbose_name="last error")),
             ],
             options={
-                'verbose_name': 'outbox message',
-                'verbose_name_plural': 'outbox messages',
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(condition=models.Q(('status', 'queued')), fields=['next_attempt_at', 'id'], name='mailkit_ready_idx'), models.Index(condition=models.Q(('status', 'sending')), fields=['lease_expires_at'], name='mailkit_lease_idx'), models.Index(fields=['status', '-created_at'], name='mailkit_status_idx'), models.Index(fields=['mailer', '-created_at'], name='mailkit_mailer_idx'), models.Index(fields=['-created_at', '-id'], name='mailkit_created_idx'), models.Index(fields=['message_id'], name='mailkit_msgid_idx')],
+                "verbose_name": "outbox message",
+                "verbose_name_plural": "outbox messages",
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("status", "queued")),
+                        fields=["next_attempt_at", "id"],
+                        name="mailkit_ready_idx",
+                    ),
+                    models.Index(
+                        condition=models.Q(("status", "sending")),
+                        fields=["lease_expires_at"],
+                        name="mailkit_lease_idx",
+                    ),
+                    models.Index(
+                        fields=["status", "-created_at"], name="mailkit_status_idx"
+                    ),
+                    models.Index(
+                        fields=["mailer", "-created_at"], name="mailkit_mailer_idx"
+                    ),
+                    models.Index(
+                        fields=["-created_at", "-id"], name="mailkit_created_idx"
+                    ),
+                    models.Index(fields=["message_id"], name="mailkit_msgid_idx"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Attempt',
+            name="Attempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(verbose_name='attempt')),
-                ('started_at', models.DateTimeField(verbose_name='started')),
-                ('finished_at', models.DateTimeField(verbose_name='finished')),
-                ('worker', models.CharField(blank=True, max_length=200, verbose_name='worker')),
-                ('outcome', models.CharField(choices=[('sent', 'Sent'), ('partial', 'Partially sent'), ('retry', 'Temporary failure'), ('failed', 'Failed')], max_length=16, verbose_name='outcome')),
-                ('smtp_code', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='SMTP code')),
-                ('smtp_reply', models.TextField(blank=True, verbose_name='SMTP reply')),
-                ('error', models.TextField(blank=True, verbose_name='error')),
-                ('recipients', models.JSONField(default=dict, verbose_name='recipient results')),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_set', to='django_mailkit.outboxmessage', verbose_name='message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("number", models.PositiveIntegerField(verbose_name="attempt")),
+                ("started_at", models.DateTimeField(verbose_name="started")),
+                ("finished_at", models.DateTimeField(verbose_name="finished")),
+                (
+                    "worker",
+                    models.CharField(blank=True, max_length=200, verbose_name="worker"),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("sent", "Sent"),
+                            ("partial", "Partially sent"),
+                            ("retry", "Temporary failure"),
+                            ("failed", "Failed"),
+                        ],
+                        max_length=16,
+                        verbose_name="outcome",
+                    ),
+                ),
+                (
+                    "smtp_code",
+                    models.PositiveSmallIntegerField(
+                        blank=True, null=True, verbose_name="SMTP code"
+                    ),
+                ),
+                ("smtp_reply", models.TextField(blank=True, verbose_name="SMTP reply")),
+                ("error", models.TextField(blank=True, verbose_name="error")),
+                (
+                    "recipients",
+                    models.JSONField(default=dict, verbose_name="recipient results"),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attempt_set",
+                        to="django_mailkit.outboxmessage",
+                        verbose_name="message",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'delivery attempt',
-                'verbose_name_plural': 'delivery attempts',
-                'ordering': ['message', 'number'],
+                "verbose_name": "delivery attempt",
+                "verbose_name_plural": "delivery attempts",
+                "ordering": ["message", "number"],
             },
         ),
         migrations.CreateModel(
-            name='Recipient',
+            name="Recipient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('address', models.TextField(verbose_name='address')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('deferred', 'Deferred (temporary failure)'), ('sent', 'Accepted by the server'), ('failed', 'Failed')], default='pending', max_length=16, verbose_name='status')),
-                ('smtp_code', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='SMTP code')),
-                ('smtp_reply', models.TextField(blank=True, verbose_name='SMTP reply')),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='updated')),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='recipient_set', to='django_mailkit.outboxmessage', verbose_name='message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("address", models.TextField(verbose_name="address")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("deferred", "Deferred (temporary failure)"),
+                            ("sent", "Accepted by the server"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "smtp_code",
+                    models.PositiveSmallIntegerField(
+                        blank=True, null=True, verbose_name="SMTP code"
+                    ),
+                ),
+                ("smtp_reply", models.TextField(blank=True, verbose_name="SMTP reply")),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="updated"
+                    ),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="recipient_set",
+                        to="django_mailkit.outboxmessage",
+                        verbose_name="message",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'recipient',
-                'verbose_name_plural': 'recipients',
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['address'], name='mailkit_rcpt_addr_idx')],
+                "verbose_name": "recipient",
+                "verbose_name_plural": "recipients",
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["address"], name="mailkit_rcpt_addr_idx")
+                ],
             },
         ),
     ]

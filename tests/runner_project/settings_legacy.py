@@ -3,7 +3,11 @@
 import warnings
 
 SECRET_KEY = "runner-project"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_mailkit"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_mailkit",
+]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
 ADMINS = ["admin@example.com"]

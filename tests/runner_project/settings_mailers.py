@@ -1,7 +1,11 @@
 """A project that configures MAILERS (pointing at a port where nothing listens)."""
 
 SECRET_KEY = "runner-project"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_mailkit"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_mailkit",
+]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
 ADMINS = ["admin@example.com"]

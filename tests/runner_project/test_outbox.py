@@ -14,19 +14,25 @@ class OutboxTests(SimpleTestCase):
         django_mailkit.send_mail("ours", "b", None, ["a@example.com"])
         django_mailkit.EmailMessage("message", "b", to=["b@example.com"]).send()
         django_mailkit.mail_admins("admins", "b")
-        expected = [("ours", "default"), ("message", "default"), ("[Django] admins", "default")]
+        expected = [
+            ("ours", "default"),
+            ("message", "default"),
+            ("[Django] admins", "default"),
+        ]
         if USES_MAILERS:
-            django_mailkit.send_mail("alerts", "b", None, ["c@example.com"], using="alerts")
+            django_mailkit.send_mail(
+                "alerts", "b", None, ["c@example.com"], using="alerts"
+            )
             expected.append(("alerts", "alerts"))
         self.assertEqual([(m.subject, m.sent_using) for m in mail.outbox], expected)
 
     def test_djangos_api_lands_in_the_outbox(self):
         mail.send_mail("django", "b", None, ["a@example.com"])
         mail.EmailMessage("django message", "b", to=["b@example.com"]).send()
+        self.assertEqual([m.subject for m in mail.outbox], ["django", "django message"])
         self.assertEqual(
-            [m.subject for m in mail.outbox], ["django", "django message"]
+            [m.sent_using for m in mail.outbox], [EXPECTED_DJANGO_ALIAS] * 2
         )
-        self.assertEqual([m.sent_using for m in mail.outbox], [EXPECTED_DJANGO_ALIAS] * 2)
 
     def test_outbox_starts_empty(self):
         self.assertEqual(mail.outbox, [])

@@ -103,7 +103,9 @@ class Command(BaseCommand):
 
     def handle_requeue(self, options: dict[str, Any]) -> None:
         if options["all_failed"]:
-            qs = OutboxMessage.objects.filter(status__in=[Status.FAILED, Status.PARTIAL])
+            qs = OutboxMessage.objects.filter(
+                status__in=[Status.FAILED, Status.PARTIAL]
+            )
             if options["using"]:
                 qs = qs.filter(mailer=options["using"])
             messages = list(qs)
@@ -149,7 +151,9 @@ class Command(BaseCommand):
             )
             return
         qs.delete()
-        self.stdout.write(f"Deleted {total} message(s) older than {days} days ({detail}).")
+        self.stdout.write(
+            f"Deleted {total} message(s) older than {days} days ({detail})."
+        )
 
     def _get(self, pk: int) -> OutboxMessage:
         try:

@@ -9,10 +9,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from ... import conf
 from ...exceptions import InvalidMailer
 from ...handler import DEFAULT_MAILER_ALIAS, mailers
 from ...message import EmailMessage, to_address
-from ... import conf
 
 
 def describe_error(exc: BaseException) -> str:
@@ -66,9 +66,7 @@ class Command(BaseCommand):
                     raise CommandError(f"--{flag} was given, but {setting} is empty.")
                 recipients.extend(staff)
         if not recipients:
-            raise CommandError(
-                "Give one or more addresses, or --admins or --managers."
-            )
+            raise CommandError("Give one or more addresses, or --admins or --managers.")
         alias = options["using"]
         host = socket.gethostname()
         message = EmailMessage(
@@ -89,7 +87,9 @@ class Command(BaseCommand):
             raise CommandError(f"Mailer {alias!r} did not send the test email.")
         refused = getattr(message, "refused_recipients", None) or {}
         accepted = [
-            str(r) for r in recipients if to_address(r, field="to").addr_spec not in refused
+            str(r)
+            for r in recipients
+            if to_address(r, field="to").addr_spec not in refused
         ]
         self.stdout.write(
             f"Sent a test email with mailer {alias!r} to {', '.join(accepted)}."
