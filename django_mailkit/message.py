@@ -266,8 +266,9 @@ def _as_list(value: Any, argument: str) -> list[Any]:
 
 
 def _text(value: Any, encoding: str) -> str:
-    # surrogateescape keeps undecodable bytes round-trippable rather than
-    # failing deep inside the email package.
+    # Bytes that aren't valid in ``encoding`` become surrogates here and make
+    # encoding the body fail (UnicodeEncodeError), as in Django: a message
+    # is never sent with its text silently altered.
     return force_str(value, encoding=encoding, errors="surrogateescape")
 
 
