@@ -258,13 +258,8 @@ class EmailBackend(BaseEmailBackend):
         if not jobs:
             return 0
         with self._lock:
-            try:
-                opened = self.open()
-            except OSError:
-                if not self.fail_silently:
-                    raise
-                return 0
-            if opened is None:
+            opened = self.open()
+            if opened is None:  # failed silently
                 return 0
             try:
                 results = self._run(jobs)
@@ -313,7 +308,13 @@ class EmailBackend(BaseEmailBackend):
         """Send ``jobs`` over the open connection, and extra ones if worth it."""
         connection = self.connection
         assert connection is not None
-        connection.ehlo_or_helo_if_needed()
+        try:
+            connection.ehlo_or_helo_if_needed()
+        except OSError:
+            # A kept connection that went stale: _share() opens a new one.
+            _discard(connection)
+            self.connection = None
+            return self._share(jobs, primary=True)
         count = 1
         if connection.has_extn("pipelining"):
             count = max(1, min(self.max_connections, len(jobs) // PER_CONNECTION))
