@@ -6,6 +6,7 @@ import io
 import smtplib
 from datetime import timedelta
 
+import django
 import pytest
 from django.core import mail
 from django.core.management import call_command
@@ -476,3 +477,45 @@ class TestOutboxCommand:
             "old queued",  # never purged: still to be delivered
         ]
         assert Recipient.objects.count() == 2 and Attempt.objects.count() == 0
+
+
+class TestTasksFramework:
+    """Delivery goes through Django's Tasks framework, carrying only the pk."""
+
+    @pytest.fixture
+    def dummy_tasks(self):
+        tasks = pytest.importorskip("django_mailkit.tasks")
+        if tasks.task_backends is None:
+            pytest.skip("no Tasks framework (django.tasks or django-tasks)")
+        module = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+        with override_settings(
+            TASKS={"default": {"BACKEND": f"{module}.backends.dummy.DummyBackend"}}
+        ):
+            backend = tasks.task_backends["default"]
+            backend.clear()
+            yield backend
+
+    def test_one_task_per_message_enqueued_on_commit(self, dummy_tasks):
+        mail.outbox = []
+        with outbox_settings():
+            with transaction.atomic():
+                send_mail("a", "b", None, ["a@example.com"])
+                send_mail("b", "b", None, ["b@example.com"])
+                assert dummy_tasks.results == []  # nothing before commit
+        ids = sorted(OutboxMessage.objects.values_list("pk", flat=True))
+        assert sorted(r.args[0] for r in dummy_tasks.results) == ids
+        assert all(
+            r.args == [r.args[0]] and r.kwargs == {} for r in dummy_tasks.results
+        )
+        assert {r.task.name for r in dummy_tasks.results} == {"deliver_message"}
+        # The dummy backend runs nothing: the messages wait, queued.
+        assert mail.outbox == []
+        assert OutboxMessage.objects.filter(status=Status.QUEUED).count() == 2
+
+    def test_rollback_enqueues_nothing(self, dummy_tasks):
+        with outbox_settings():
+            with pytest.raises(RuntimeError):
+                with transaction.atomic():
+                    send_mail("a", "b", None, ["a@example.com"])
+                    raise RuntimeError
+        assert dummy_tasks.results == []
