@@ -199,3 +199,12 @@ def test_connection_refused_keeps_messages_queued(server, closed_port):
         record.status == Status.QUEUED and "ConnectionRefusedError" in record.last_error
     )
     assert states(record) == {"a@example.com": (RecipientStatus.PENDING, None)}
+
+
+def test_last_error_names_the_refused_recipients(server):
+    server.refuse_recipient("x@example.com", "550 5.1.1 No such user")
+    record = send(to=["x@example.com", "y@example.com"])
+    attempt()
+    record.refresh_from_db()
+    assert record.status == Status.PARTIAL
+    assert record.last_error == "x@example.com: 550 5.1.1 No such user"
