@@ -322,6 +322,13 @@ def _record(
         if outcome.code and outcome.code >= 400
         else ""
     )
+    if not error:
+        # Say who was refused, and how.
+        error = "; ".join(
+            f"{address}: {code} {reply}"
+            for address, (code, reply) in outcome.replies.items()
+            if code is not None and code >= 400
+        )
     # Each recipient's new state.
     rows: dict[str, tuple[str, int | None, str]] = {}
     for address, (code, reply) in outcome.replies.items():
