@@ -38,3 +38,9 @@ MAILERS = {
     },
 }
 MAILKIT = {"USE_TASKS": False}
+
+import django  # noqa: E402
+
+if django.VERSION < (6, 1):
+    # Django's own mail through MAILERS too (system check W003).
+    EMAIL_BACKEND = "django_mailkit.backends.mailer.EmailBackend"
