@@ -669,8 +669,7 @@ class EmailMultiAlternatives(EmailMessage):
         """Add an alternative rendering of the body, e.g. ``"text/html"``."""
         if content is None or mimetype is None:
             raise ValueError("Both content and mimetype must be provided.")
-        if "/" not in mimetype:
-            raise ValueError(f"Invalid MIME type {mimetype!r} for an alternative.")
+        split_mimetype(mimetype, "alternative")
         self.alternatives.append(EmailAlternative(content, mimetype))
 
     def body_contains(self, text: str) -> bool:
@@ -693,7 +692,7 @@ class EmailMultiAlternatives(EmailMessage):
             return body
         parts = [] if body is None else [body]
         for content, mimetype in self.alternatives:
-            maintype, subtype = mimetype.split("/", 1)
+            maintype, subtype = split_mimetype(mimetype, "alternative")
             if maintype == "text":
                 parts.append(
                     wire.text_entity(
@@ -720,7 +719,7 @@ class EmailMultiAlternatives(EmailMessage):
             return
         msg.make_alternative()
         for content, mimetype in self.alternatives:
-            maintype, subtype = mimetype.split("/", 1)
+            maintype, subtype = split_mimetype(mimetype, "alternative")
             if maintype == "text":
                 msg.add_alternative(
                     _text(content, self.charset),
@@ -737,10 +736,26 @@ class EmailMultiAlternatives(EmailMessage):
             msg.set_type(f"multipart/{self.alternative_subtype}")
 
 
+# RFC 6838 type and subtype names: nothing that could end a header line or
+# start a parameter.
+_MIME_TYPE = re.compile(
+    r"([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)\Z"
+)
+
+
+def split_mimetype(mimetype: Any, what: str) -> tuple[str, str]:
+    """Return (maintype, subtype), or raise ValueError for a malformed type."""
+    match = _MIME_TYPE.match(mimetype) if isinstance(mimetype, str) else None
+    if match is None:
+        raise ValueError(f"Invalid MIME type {mimetype!r} for {what}.")
+    return match[1], match[2]
+
+
 def _decode_text(content: Any, mimetype: str, filename: str | None) -> tuple[Any, str]:
     """Decode bytes given for a text/* type, or fall back to octet-stream."""
-    if "/" not in mimetype:
-        raise ValueError(f"Invalid MIME type {mimetype!r} for attachment {filename!r}.")
+    split_mimetype(mimetype, f"attachment {filename!r}")
+    if filename is not None:
+        check_header("attachment filename", str(filename))
     if mimetype.startswith("text/") and isinstance(content, bytes | bytearray):
         try:
             return bytes(content).decode(), mimetype

@@ -23,6 +23,7 @@ import base64
 import binascii
 import email.policy
 import os
+import re
 from datetime import datetime
 from email.headerregistry import Address, Group
 from email.utils import format_datetime
@@ -41,6 +42,8 @@ _ATEXT = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~"
 )
 _MAX_LINE = 78
+# Control characters, and every character str.splitlines() breaks on.
+_UNSAFE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 # Encoded-word payload per line: 45 bytes of UTF-8 make 60 base64 characters,
 # so "=?utf-8?b?" + 60 + "?=" stays within RFC 2047's 75.
 _WORD_BYTES = 45
@@ -191,6 +194,9 @@ def _entity_headers(
     filename: str | None,
     linesep: str,
 ) -> str:
+    # The message layer validated both; never write a line break, whatever.
+    if _UNSAFE.search(content_type) or (filename and _UNSAFE.search(filename)):
+        raise Unsupported("unsafe content type or filename")
     head = f"Content-Type: {content_type}{_params(params)}{linesep}"
     if cte:
         head += f"Content-Transfer-Encoding: {cte}{linesep}"

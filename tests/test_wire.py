@@ -315,3 +315,37 @@ def test_generated_messages_mean_the_same(
     standard = msg.message(policy=policy).as_bytes()
     ours, theirs = full_view(parse(fast)), full_view(parse(standard))
     assert ours == theirs
+
+
+class TestInjectionThroughParts:
+    """Filenames and MIME types are header material too, on both routes."""
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            lambda m: m.attach("evil.txt\r\nX-Injected: yes", b"x", "text/plain"),
+            lambda m: m.attach("evil.bin", b"x", "application/x\r\nX-Injected: yes"),
+            lambda m: m.attach_alternative("<p>x</p>", "text/html\r\nX-Injected: yes"),
+        ],
+    )
+    def test_refused_when_added(self, change):
+        msg = EmailMultiAlternatives("s", "b", "f@example.com", ["t@example.com"])
+        with pytest.raises(ValueError):
+            change(msg)
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            lambda m: m.attachments.append(("a\nb.txt", "x", "text/plain")),
+            lambda m: m.attachments.append(("a.bin", b"x", "a/b\r\nX-Injected: yes")),
+            lambda m: m.alternatives.append(("<p>x</p>", "text/html; x=y")),
+        ],
+    )
+    def test_refused_when_rendered(self, change, policy):
+        """Parts put in the lists directly are checked when built, both ways."""
+        msg = EmailMultiAlternatives("s", "b", "f@example.com", ["t@example.com"])
+        change(msg)
+        with pytest.raises(ValueError):
+            render_bytes(msg, policy)
+        with pytest.raises(ValueError):
+            msg.message(policy=policy)
