@@ -142,6 +142,7 @@ def deliver_batch(
     # Where every recipient stands, for the whole batch in one query.
     pending: dict[int, list[str]] = defaultdict(list)
     delivered_before: set[int] = set()
+    failed_before: set[int] = set()
     for message_id, address, status in (
         Recipient.objects.filter(message_id__in=[m.pk for m in messages])
         .order_by("id")
@@ -151,6 +152,8 @@ def deliver_batch(
             pending[message_id].append(address)
         elif status == RecipientStatus.SENT:
             delivered_before.add(message_id)
+        elif status == RecipientStatus.FAILED:
+            failed_before.add(message_id)
     try:
         for record in messages:
             if should_stop is not None and should_stop():
@@ -173,6 +176,7 @@ def deliver_batch(
                 started=started,
                 pending=pending[record.pk],
                 delivered_before=record.pk in delivered_before,
+                failed_before=record.pk in failed_before,
             )
             result.add(kind, record.pk)
     finally:
@@ -308,6 +312,7 @@ def _record(
     started: Any,
     pending: list[str],
     delivered_before: bool,
+    failed_before: bool,
 ) -> str:
     """
     Write one attempt's outcome: recipients, the attempt, the message.
@@ -349,10 +354,13 @@ def _record(
             status, code, reply = rows.get(address, (RecipientStatus.PENDING, None, ""))
             if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
                 rows[address] = (RecipientStatus.FAILED, code, reply or error)
-        delivered = delivered_before or any(
-            status == RecipientStatus.SENT for status, _, _ in rows.values()
-        )
-        kind = "partial" if delivered else "failed"
+        kind = "final"
+    if kind != "retry":
+        # The message's fate is its recipients', over all its attempts.
+        states = {status for status, _, _ in rows.values()}
+        delivered = delivered_before or RecipientStatus.SENT in states
+        failed = failed_before or RecipientStatus.FAILED in states
+        kind = ("partial" if failed else "sent") if delivered else "failed"
     attempt = {
         "message_id": record.pk,
         "number": record.attempts,

@@ -208,3 +208,32 @@ def test_last_error_names_the_refused_recipients(server):
     record.refresh_from_db()
     assert record.status == Status.PARTIAL
     assert record.last_error == "x@example.com: 550 5.1.1 No such user"
+
+
+@pytest.mark.parametrize(
+    "first, second, final",
+    [
+        # A fails for good on the first attempt; B gets through on the second.
+        ("550 5.1.1 No such user", "451 4.2.1 Busy", Status.PARTIAL),
+        # A gets through at once; B fails for good on the second attempt.
+        (None, "451 4.2.1 Busy", Status.PARTIAL),
+    ],
+)
+def test_fate_counts_every_attempt(server, first, second, final):
+    if first:
+        server.refuse_recipient("a@example.com", first)
+    server.refuse_recipient("b@example.com", second, times=1)
+    if first is None:
+        # ...and then refuses B for good.
+        record = send(to=["a@example.com", "b@example.com"])
+        attempt()
+        server.refuse_recipient("b@example.com", "550 5.1.1 Gone")
+    else:
+        record = send(to=["a@example.com", "b@example.com"])
+        attempt()
+    attempt()
+    record.refresh_from_db()
+    assert record.status == final
+    assert {a for a, (status, _) in states(record).items() if status == "sent"} == {
+        "b@example.com" if first else "a@example.com"
+    }
