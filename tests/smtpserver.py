@@ -344,6 +344,19 @@ class _RecordingSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         await self.test_server._maybe_stall("greeting")
+        limit = self.test_server.max_sessions
+        if limit is not None:
+            open_sessions = sum(
+                1
+                for record in self.test_server.sessions_seen()
+                if not record.closed.is_set()
+            )
+            if open_sessions > limit:
+                # Like a relay that caps connections per client.
+                await self.push("421 4.7.0 Too many connections, try later")
+                assert self.transport is not None
+                self.transport.close()
+                return
         await super()._handle_client()
 
     async def smtp_STARTTLS(self, arg: str) -> None:
@@ -483,6 +496,8 @@ class SMTPTestServer:
         #: Advertise PIPELINING (RFC 2920). aiosmtpd reads commands one line at
         #: a time, so pipelined commands are served in order either way.
         self.pipelining = pipelining
+        #: Refuse a connection (421) while this many others are open.
+        self.max_sessions: int | None = None
         self.deliveries: list[Delivery] = []
         self._sessions: list[SessionRecord] = []
         self._sessions_lock = threading.Lock()
@@ -548,6 +563,11 @@ class SMTPTestServer:
                     transport.abort()
 
     # What the server saw.
+
+    def sessions_seen(self) -> list[SessionRecord]:
+        """Every connection so far, greeted or not."""
+        with self._sessions_lock:
+            return list(self._sessions)
 
     @property
     def sessions(self) -> list[SessionRecord]:

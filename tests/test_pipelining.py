@@ -152,3 +152,13 @@ def test_max_connections_is_validated(server, value):
     with configure(server, max_connections=value):
         with pytest.raises(InvalidMailer, match=r"\['max_connections'\]"):
             mailers.default
+
+
+def test_extra_connections_refused_by_the_server(server):
+    """A relay that allows one connection: the main one sends everything."""
+    server.max_sessions = 1
+    messages = batch(32)
+    with configure(server, max_connections=4):
+        assert mailers.default.send_messages(messages) == 32
+    assert subjects(server) == sorted(m.subject for m in messages)
+    assert all(m.smtp_error is None for m in messages)

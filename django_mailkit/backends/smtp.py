@@ -338,6 +338,9 @@ class EmailBackend(BaseEmailBackend):
         work(shares[0], True)
         for thread in threads:
             thread.join()
+        leftovers = [job for job in jobs if results[id(job)] is NOT_ATTEMPTED]
+        if leftovers:
+            work(leftovers, True)
         return [results[id(job)] for job in jobs]
 
     def _share(
@@ -359,6 +362,10 @@ class EmailBackend(BaseEmailBackend):
                         connection = self._connect()
                         connection.ehlo_or_helo_if_needed()
                     except OSError as exc:
+                        if not primary:
+                            # E.g. "421 too many connections": the main
+                            # connection takes these over (see _run()).
+                            break
                         for i in todo:
                             results[i] = exc
                         break
