@@ -166,8 +166,9 @@ def deliver_batch(
             started = timezone.now()
             backend = _connection_for(record.mailer, connections)
             outcome = _attempt(record, backend, pending[record.pk])
-            if outcome.connection_lost:
-                # Start afresh for the next message of this mailer.
+            if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
+                # Start afresh for the next message of this mailer. (A mailer
+                # that could not even connect stays failed for this batch.)
                 _close(connections.pop(record.mailer, None))
             kind = _record(
                 record,

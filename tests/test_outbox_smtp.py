@@ -237,3 +237,34 @@ def test_fate_counts_every_attempt(server, first, second, final):
     assert {a for a, (status, _) in states(record).items() if status == "sent"} == {
         "b@example.com" if first else "a@example.com"
     }
+
+
+def test_an_unreachable_server_is_tried_once_per_batch(server, closed_port):
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}},
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        for i in range(5):
+            send(f"m{i}")
+        from django_mailkit.backends import smtp
+
+        attempts = []
+        original = smtp.EmailBackend._connect
+
+        def counting(self):
+            attempts.append(1)
+            return original(self)
+
+        smtp.EmailBackend._connect = counting
+        try:
+            stats = attempt()
+        finally:
+            smtp.EmailBackend._connect = original
+    assert stats.retry == 5
+    assert len(attempts) == 1
