@@ -33,7 +33,7 @@ from email.headerregistry import AddressHeader
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from . import conf
@@ -144,7 +144,9 @@ def deliver_batch(
     delivered_before: set[int] = set()
     failed_before: set[int] = set()
     for message_id, address, status in (
-        Recipient.objects.filter(message_id__in=[m.pk for m in messages])
+        # The primary, never a replica that may lag behind the claim.
+        Recipient.objects.using(router.db_for_write(Recipient))
+        .filter(message_id__in=[m.pk for m in messages])
         .order_by("id")
         .values_list("message_id", "address", "status")
     ):
@@ -407,10 +409,11 @@ def _write(
     fields: dict[str, Any],
 ) -> None:
     """Save the recipients' states, the attempt and the message's, atomically."""
-    if connection.vendor == "postgresql":
-        _write_postgresql(record, rows, attempt, fields)
+    db = router.db_for_write(OutboxMessage)
+    if connections[db].vendor == "postgresql":
+        _write_postgresql(record, rows, attempt, fields, db)
         return
-    with transaction.atomic():
+    with transaction.atomic(using=db):
         still_pending = Recipient.objects.filter(
             message=record,
             status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED),
@@ -435,6 +438,7 @@ def _write_postgresql(
     rows: dict[str, tuple[str, int | None, str]],
     attempt: dict[str, Any],
     fields: dict[str, Any],
+    db: str,
 ) -> None:
     """
     The same writes as _write(), in one statement and one round trip.
@@ -447,6 +451,7 @@ def _write_postgresql(
     # Usually every recipient has the same result: a plain UPDATE does.
     shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
     sql = _postgresql_sql(shape, tuple(fields))
+    connection = connections[db]
     params: list[Any] = []
     if shape == "uniform":
         ((status, code, reply),) = states
@@ -464,7 +469,7 @@ def _write_postgresql(
     params += [*_ATTEMPT_VALUES(attempt)[:-1], json.dumps(attempt["recipients"])]
     params += list(fields.values())
     params += [record.pk, record.claimed_by]
-    if _execute_prepared(sql, params):
+    if _execute(connection, sql, params):
         for name, value in fields.items():
             setattr(record, name, value)
 
@@ -487,8 +492,8 @@ _ATTEMPT_VALUES = operator.itemgetter(
 )
 
 
-def _execute_prepared(sql: str, params: list[Any]) -> int:
-    """Run ``sql`` as a prepared statement where psycopg 3 allows; return rowcount."""
+def _execute(connection: Any, sql: str, params: list[Any]) -> int:
+    """Run ``sql`` with parameters bound on the server where psycopg 3 allows."""
     connection.ensure_connection()
     raw = connection.connection
     try:
@@ -496,11 +501,12 @@ def _execute_prepared(sql: str, params: list[Any]) -> int:
     except ImportError:  # psycopg2
         psycopg = None
     if psycopg is not None and isinstance(raw, psycopg.Connection):
-        # psycopg's own cursor binds parameters on the server and prepares
-        # the statement once per connection (Django's cursor quotes each
-        # parameter into the SQL text in Python, which costs more).
+        # psycopg's own cursor sends the parameters separately (Django's
+        # quotes each one into the SQL text in Python, which costs more per
+        # message). Not a named prepared statement: those break behind
+        # transaction-pooling PgBouncer, which is why Django avoids them.
         with psycopg.Cursor(raw) as cursor:
-            cursor.execute(sql, params, prepare=True)
+            cursor.execute(sql, params, prepare=False)
             return cursor.rowcount
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -509,7 +515,7 @@ def _execute_prepared(sql: str, params: list[Any]) -> int:
 
 @functools.cache
 def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
-    quote = connection.ops.quote_name
+    quote = connections[router.db_for_write(OutboxMessage)].ops.quote_name
     r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
 
     def col(meta: Any, name: str) -> str:

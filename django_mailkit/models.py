@@ -16,7 +16,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -114,11 +114,14 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         without row locks (SQLite).
         """
         now = timezone.now()
-        with transaction.atomic(using=self.db):
-            locked = list(self.claimable(now, mailer=mailer, ids=ids)[:limit])
+        # The lock, the UPDATE and the read all go to the write database.
+        db = router.db_for_write(self.model)
+        qs = self.using(db)
+        with transaction.atomic(using=db):
+            locked = list(qs.claimable(now, mailer=mailer, ids=ids)[:limit])
             if not locked:
                 return []
-            self.filter(id__in=locked, status=Status.QUEUED).update(
+            qs.filter(id__in=locked, status=Status.QUEUED).update(
                 status=Status.SENDING,
                 claimed_by=worker,
                 lease_expires_at=now + lease,
@@ -256,7 +259,8 @@ class OutboxMessage(models.Model):
             "status": Status.QUEUED,
             "claimed_by": "",
             "lease_expires_at": None,
-            "next_attempt_at": timezone.now() + backoff(self.attempts),
+            "next_attempt_at": timezone.now()
+            + backoff(self.attempts - self.requeued_attempts),
             "last_error": error,
         }
 
@@ -265,7 +269,7 @@ class OutboxMessage(models.Model):
         if self.status not in (Status.FAILED, Status.PARTIAL):
             return False
         now = timezone.now()
-        with transaction.atomic():
+        with transaction.atomic(using=router.db_for_write(type(self))):
             changed = (
                 type(self)
                 .objects.filter(pk=self.pk, status=self.status)

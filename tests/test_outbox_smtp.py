@@ -246,7 +246,9 @@ def test_an_unreachable_server_is_tried_once_per_batch(server, closed_port):
                 "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
                 "OPTIONS": {"deliver_using": "smtp"},
             },
-            "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}},
+            "smtp": {
+                "OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 2}
+            },
         },
         MAILKIT={"USE_TASKS": False},
     ):

@@ -14,10 +14,10 @@ import email.policy
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 
-from ..message import envelope_address, render
+from ..message import envelope_address, render_bytes
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]
@@ -68,8 +68,9 @@ class EmailBackend(BaseEmailBackend):
         from ..tasks import enqueue_delivery
 
         now = timezone.now()
-        with transaction.atomic():
-            records = OutboxMessage.objects.bulk_create(
+        db = router.db_for_write(OutboxMessage)
+        with transaction.atomic(using=db):
+            records = OutboxMessage.objects.using(db).bulk_create(
                 [
                     OutboxMessage(
                         queued_via=self.alias or "",
@@ -86,7 +87,7 @@ class EmailBackend(BaseEmailBackend):
                     for item in prepared
                 ]
             )
-            Recipient.objects.bulk_create(
+            Recipient.objects.using(db).bulk_create(
                 [
                     Recipient(message=record, address=address, updated_at=now)
                     for record, item in zip(records, prepared, strict=True)
@@ -94,7 +95,7 @@ class EmailBackend(BaseEmailBackend):
                 ]
             )
             ids = [record.pk for record in records]
-            transaction.on_commit(lambda: enqueue_delivery(ids))
+            transaction.on_commit(lambda: enqueue_delivery(ids), using=db)
         return ids
 
 
@@ -111,11 +112,19 @@ def prepare(message: Any) -> dict[str, Any]:
     # The bytes go on the wire as they are: SMTP line ends, and UTF-8
     # headers only when an address needs SMTPUTF8 anyway.
     policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
-    mime = render(message, policy)
+    mime, message_id = render_bytes(message, policy)
     return {
         "from_email": sender,
         "recipients": recipients,
-        "subject": str(mime.get("Subject", "")),
-        "message_id": str(mime.get("Message-ID", "")),
-        "mime": mime.as_bytes(),
+        "subject": _subject(message),
+        "message_id": message_id,
+        "mime": mime,
     }
+
+
+def _subject(message: Any) -> str:
+    """The subject as displayed: a Subject in ``headers`` overrides."""
+    for name, value in (getattr(message, "extra_headers", None) or {}).items():
+        if name.lower() == "subject":
+            return str(value)
+    return str(getattr(message, "subject", ""))
