@@ -150,3 +150,37 @@ def check_django_mail_uses_mailers(
 
 
 BRIDGE_BACKEND = "django_mailkit.backends.mailer.EmailBackend"
+
+
+@register("mail")
+def check_outbox_timeouts(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when an outbox delivers through SMTP with no timeout under the lease."""
+    from .backends.outbox import EmailBackend as OutboxBackend
+    from .backends.smtp import EmailBackend as SMTPBackend
+
+    configs = conf.mailers_setting() or {}
+    lease = conf.lease_seconds()
+    warnings: list[CheckMessage] = []
+    for alias in configs:
+        try:
+            outbox = mailers[alias]
+            if not isinstance(outbox, OutboxBackend):
+                continue
+            transport = mailers[outbox.deliver_using]
+        except (ImproperlyConfigured, TypeError, ValueError):
+            continue  # check_mailers() reports it.
+        if not isinstance(transport, SMTPBackend):
+            continue
+        if transport.timeout is None or transport.timeout >= lease / 2:
+            warnings.append(
+                Warning(
+                    f"MAILERS[{outbox.deliver_using!r}] delivers the outbox "
+                    f"{alias!r} with timeout={transport.timeout!r}: a stalled "
+                    f"server could hold a message past the {lease:g} s lease, "
+                    "and another worker would then send it again.",
+                    hint=f"Set its 'timeout' OPTION below {lease / 2:g} seconds "
+                    "(or raise MAILKIT['LEASE_SECONDS']).",
+                    id="django_mailkit.W004",
+                )
+            )
+    return warnings

@@ -184,3 +184,33 @@ class TestDjangoMailBypass:
             EMAIL_BACKEND="django_mailkit.backends.mailer.EmailBackend"
         ):
             assert mailkit_messages() == []
+
+
+class TestOutboxTimeout:
+    def outbox(self, **smtp_options):
+        return override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                    "OPTIONS": {"deliver_using": "smtp"},
+                },
+                "smtp": smtp(**smtp_options),
+            }
+        )
+
+    def test_no_timeout(self):
+        with self.outbox():
+            messages = mailkit_messages()
+        assert ids(messages) == ["django_mailkit.W004"]
+        assert "timeout=None" in messages[0].msg
+
+    def test_timeout_too_close_to_the_lease(self):
+        with (
+            self.outbox(timeout=200),
+            override_settings(MAILKIT={"LEASE_SECONDS": 300}),
+        ):
+            assert ids(mailkit_messages()) == ["django_mailkit.W004"]
+
+    def test_short_timeout_is_fine(self):
+        with self.outbox(timeout=30):
+            assert mailkit_messages() == []
