@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from . import conf
 from .backends.base import BaseEmailBackend
+from .backends.smtp import decode_reply
 from .handler import mailers
 from .message import EmailMessage
 from .models import Attempt, OutboxMessage, Recipient, RecipientStatus, Status
@@ -75,7 +76,7 @@ class StoredMessage(EmailMessage):
 
     def __init__(self, record: OutboxMessage, recipients: list[str]) -> None:
         self.mime = bytes(record.mime)
-        parsed = record.parsed()
+        self._parsed = parsed = record.parsed()
         super().__init__(
             subject=record.subject,
             body=_plain_body(parsed),
@@ -91,6 +92,8 @@ class StoredMessage(EmailMessage):
         return list(self.envelope)
 
     def message(self, *, policy: email.policy.Policy = email.policy.default) -> Any:
+        if policy is email.policy.default:
+            return self._parsed  # parsed once, in __init__
         return email.message_from_bytes(self.mime, policy=policy)
 
 
@@ -245,13 +248,16 @@ def _attempt(
 
 def _smtp_outcome(transmission: Any) -> Outcome:
     replies: dict[str, tuple[int | None, str]] = {
-        address: (code, _decode(reply))
+        address: (code, decode_reply(reply))
         for address, (code, reply) in transmission.replies.items()
     }
     code: int | None = None
     reply = ""
     if transmission.data_reply is not None:
-        code, reply = transmission.data_reply[0], _decode(transmission.data_reply[1])
+        code, reply = (
+            transmission.data_reply[0],
+            decode_reply(transmission.data_reply[1]),
+        )
         # DATA's answer is the answer for every recipient RCPT accepted.
         for address, (rcpt_code, _) in list(replies.items()):
             if rcpt_code is not None and 200 <= rcpt_code < 300:
@@ -273,7 +279,7 @@ def _failure(exc: BaseException) -> Outcome:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         replies = {
-            address: (code, _decode(reply))
+            address: (code, decode_reply(reply))
             for address, (code, reply) in exc.recipients.items()
         }
         temporary = any(400 <= code < 500 for code, _ in replies.values())
@@ -284,7 +290,7 @@ def _failure(exc: BaseException) -> Outcome:
             error=text,
         )
     if isinstance(exc, smtplib.SMTPResponseException):
-        code, reply = exc.smtp_code, _decode(exc.smtp_error)
+        code, reply = exc.smtp_code, decode_reply(exc.smtp_error)
         text = f"{type(exc).__name__}: {code} {reply}"
         temporary = not 500 <= code < 600
         return Outcome(
@@ -301,10 +307,6 @@ def _failure(exc: BaseException) -> Outcome:
         # Network trouble, or a mailer misconfiguration someone may fix.
         return Outcome("retry", connection_lost=True, error=text)
     return Outcome("failed", error=text)
-
-
-def _decode(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
 def _record(

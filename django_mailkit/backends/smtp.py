@@ -544,38 +544,39 @@ class _Session:
     def run(self, jobs: list[Job]) -> list[Transmission | BaseException]:
         """Return each job's result; NOT_ATTEMPTED for those never started."""
         results: list[Any] = [NOT_ATTEMPTED] * len(jobs)
-        index = -1
         try:
             for index, job in enumerate(jobs):
                 results[index] = self._one(index, job, results)
                 if self.lost:  # 421: the server is closing the connection
-                    break
-            else:
-                self._flush(results)
-                return results
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                    self._fail_awaiting(
+                        results,
+                        smtplib.SMTPServerDisconnected(
+                            "The server closed the connection (421)."
+                        ),
+                    )
+                    return results
+            self._flush(results)
+        except OSError as exc:  # smtplib's errors, sockets, TLS
             self.lost = True
             error = exc
             if not isinstance(exc, smtplib.SMTPException):
                 error = smtplib.SMTPServerDisconnected(f"Connection lost: {exc}")
                 error.__cause__ = exc
-            self.error = error
-            # A message whose content was sent but not answered has an
-            # unknown outcome (the server may have accepted it: the
-            # duplicate window, one message wide): it gets the error. The
-            # rest never reached DATA, so they stay NOT_ATTEMPTED.
-            for kind, i in self._awaiting:
-                if kind == "final":
-                    results[i] = error
-            return results
-        # A 421 answered: what was awaiting a reply never got one.
-        self.error = smtplib.SMTPServerDisconnected(
-            "The server closed the connection (421)."
-        )
-        for kind, i in self._awaiting:
-            if kind == "final":
-                results[i] = self.error
+            self._fail_awaiting(results, error)
         return results
+
+    def _fail_awaiting(self, results: list[Any], error: BaseException) -> None:
+        """
+        Give ``error`` to each message whose content went out unanswered.
+
+        Its outcome is unknown (the server may have accepted it: the
+        duplicate window, one message wide). The rest never reached DATA,
+        so they stay NOT_ATTEMPTED and may go over another connection.
+        """
+        self.error = error
+        for kind, index in self._awaiting:
+            if kind == "final":
+                results[index] = error
 
     def _options(self, job: Job) -> list[str]:
         connection = self.connection
@@ -595,7 +596,7 @@ class _Session:
 
     def _one(
         self, index: int, job: Job, results: list[Any]
-    ) -> Transmission | BaseException | None:
+    ) -> Transmission | BaseException:
         try:
             options = self._options(job)
         except SMTPUTF8Unsupported as exc:
@@ -693,9 +694,14 @@ class _Session:
         return code, reply
 
 
+def decode_reply(reply: bytes | str) -> str:
+    """An SMTP reply as text (servers may send any bytes)."""
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
 def _decoded(refused: dict[str, tuple[int, bytes]]) -> dict[str, tuple[int, str]]:
     return {
-        address: (code, reply.decode("utf-8", "replace"))
+        address: (code, decode_reply(reply))
         for address, (code, reply) in refused.items()
     }
 

@@ -108,7 +108,7 @@ class Command(BaseCommand):
             )
             if options["using"]:
                 qs = qs.filter(mailer=options["using"])
-            messages = list(qs)
+            messages = list(qs.only("pk", "status"))
         elif options["ids"]:
             messages = [self._get(pk) for pk in options["ids"]]
         else:
