@@ -51,7 +51,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, ngettext_lazy
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
 from .admin_views import (
@@ -408,35 +408,26 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     )
     def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Queue failed (or partially sent) messages again, right away."""
-        total = queryset.count()
-        candidates = list(
-            queryset.filter(status__in=OBJECT_ACTIONS["requeue"]).only("pk", "status")
+        done = self._apply(
+            request,
+            queryset,
+            OBJECT_ACTIONS["requeue"],
+            OutboxMessage.requeue,
+            logged=_("Requeued."),
+            done_text=ngettext_lazy(
+                "Requeued %(count)d message.", "Requeued %(count)d messages.", "count"
+            ),
+            skipped_text=ngettext_lazy(
+                "%(count)d message had not failed, so it was not requeued.",
+                "%(count)d messages had not failed, so they were not requeued.",
+                "count",
+            ),
         )
-        done = [message.pk for message in candidates if message.requeue()]
-        skipped = total - len(done)
         if done:
             from .tasks import enqueue_delivery
 
             transaction.on_commit(
                 partial(enqueue_delivery, done), using=router.db_for_write(self.model)
-            )
-            self._log(request, done, _("Requeued."))
-            self.message_user(
-                request,
-                ngettext("Requeued %d message.", "Requeued %d messages.", len(done))
-                % len(done),
-                messages.SUCCESS,
-            )
-        if skipped:
-            self.message_user(
-                request,
-                ngettext(
-                    "%d message had not failed, so it was not requeued.",
-                    "%d messages had not failed, so they were not requeued.",
-                    skipped,
-                )
-                % skipped,
-                messages.WARNING,
             )
 
     @outbox_action(
@@ -446,29 +437,49 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     )
     def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Cancel queued messages; those already being sent are left alone."""
+        self._apply(
+            request,
+            queryset,
+            [Status.QUEUED],
+            OutboxMessage.cancel,
+            logged=_("Cancelled."),
+            done_text=ngettext_lazy(
+                "Cancelled %(count)d message.", "Cancelled %(count)d messages.", "count"
+            ),
+            skipped_text=ngettext_lazy(
+                "%(count)d message was not queued, so it was not cancelled.",
+                "%(count)d messages were not queued, so they were not cancelled.",
+                "count",
+            ),
+        )
+
+    def _apply(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        statuses: Any,
+        change: Callable[[Any], bool],
+        *,
+        logged: Any,
+        done_text: Any,
+        skipped_text: Any,
+    ) -> list[int]:
+        """Apply a conditional state change to the selection; report both counts."""
+        # Counted first: the selection may be a filter the action changes.
         total = queryset.count()
-        candidates = list(queryset.filter(status=Status.QUEUED).only("pk", "status"))
-        done = [message.pk for message in candidates if message.cancel()]
+        candidates = list(queryset.filter(status__in=statuses).only("pk", "status"))
+        done = [message.pk for message in candidates if change(message)]
         skipped = total - len(done)
         if done:
-            self._log(request, done, _("Cancelled."))
+            self._log(request, done, logged)
             self.message_user(
-                request,
-                ngettext("Cancelled %d message.", "Cancelled %d messages.", len(done))
-                % len(done),
-                messages.SUCCESS,
+                request, done_text % {"count": len(done)}, messages.SUCCESS
             )
         if skipped:
             self.message_user(
-                request,
-                ngettext(
-                    "%d message was not queued, so it was not cancelled.",
-                    "%d messages were not queued, so they were not cancelled.",
-                    skipped,
-                )
-                % skipped,
-                messages.WARNING,
+                request, skipped_text % {"count": skipped}, messages.WARNING
             )
+        return done
 
     def _log(self, request: HttpRequest, ids: list[int], message: str) -> None:
         LogEntry.objects.log_actions(
