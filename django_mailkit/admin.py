@@ -64,7 +64,13 @@ from .admin_views import (
 from .conf import mailers_setting
 from .forms import SendTestEmailForm
 from .handler import mailers
-from .models import FINAL_STATUSES, OutboxMessage, Recipient, Status
+from .models import (
+    FINAL_STATUSES,
+    OutboxMessage,
+    Recipient,
+    Status,
+    resend_messages,
+)
 
 __all__ = ["OutboxMessageAdmin", "OutboxPaginator", "resend_messages"]
 
@@ -408,7 +414,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     )
     def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         """Queue failed (or partially sent) messages again, right away."""
-        done = self._apply(
+        self._apply(
             request,
             queryset,
             OBJECT_ACTIONS["requeue"],
@@ -423,12 +429,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                 "count",
             ),
         )
-        if done:
-            from .tasks import enqueue_delivery
-
-            transaction.on_commit(
-                partial(enqueue_delivery, done), using=router.db_for_write(self.model)
-            )
 
     @outbox_action(
         permission="cancel",
@@ -768,63 +768,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
 def _short_datetime(value: Any) -> str:
     return date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
-
-
-def resend_messages(
-    queryset: QuerySet[Any], *, chunk_size: int = 200
-) -> list[tuple[int, int]]:
-    """
-    Queue a copy of each message in ``queryset``; return (original, copy) ids.
-
-    A copy is the original's exact bytes (Message-ID included: it is the
-    same message, sent again) to its whole envelope. Delivery starts when
-    the transaction commits.
-    """
-    from .tasks import enqueue_delivery
-
-    using = router.db_for_write(OutboxMessage)
-    fields = ["queued_via", "mailer", "from_email", "recipients", "subject"]
-    fields += ["message_id", "mime"]
-    pairs: list[tuple[int, int]] = []
-    with transaction.atomic(using=using):
-        # Ids first: SQLite can't write to a table while iterating over it.
-        ids = list(queryset.order_by("pk").values_list("pk", flat=True))
-        for start in range(0, len(ids), chunk_size):
-            now = timezone.now()
-            originals = list(
-                OutboxMessage.objects.using(using)
-                .filter(pk__in=ids[start : start + chunk_size])
-                .order_by("pk")
-                .only("pk", *fields)
-            )
-            copies = OutboxMessage.objects.using(using).bulk_create(
-                [
-                    OutboxMessage(
-                        **{name: getattr(original, name) for name in fields},
-                        created_at=now,
-                        updated_at=now,
-                        next_attempt_at=now,
-                    )
-                    for original in originals
-                ]
-            )
-            Recipient.objects.using(using).bulk_create(
-                [
-                    Recipient(message=copy, address=address, updated_at=now)
-                    for copy in copies
-                    for address in copy.recipients
-                ]
-            )
-            pairs += [
-                (original.pk, copy.pk)
-                for original, copy in zip(originals, copies, strict=True)
-            ]
-        if pairs:
-            transaction.on_commit(
-                partial(enqueue_delivery, [copy for _original, copy in pairs]),
-                using=using,
-            )
-    return pairs
 
 
 def _filter_url(changelist: str, status: Status, since: Any) -> str:

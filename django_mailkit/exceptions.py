@@ -23,7 +23,12 @@ except ImportError:  # Django < 6.1
     _DjangoInvalidMailer = ImproperlyConfigured  # type: ignore[assignment,misc]
     _DjangoMailerDoesNotExist = KeyError  # type: ignore[assignment,misc]
 
-__all__ = ["InvalidMailer", "MailerDoesNotExist", "SMTPUTF8Unsupported"]
+__all__ = [
+    "InvalidMailer",
+    "InvalidStoredMessage",
+    "MailerDoesNotExist",
+    "SMTPUTF8Unsupported",
+]
 
 
 class InvalidMailer(_DjangoInvalidMailer):
@@ -85,3 +90,11 @@ class SMTPUTF8Unsupported(smtplib.SMTPNotSupportedError):
             f"The address {address!r} has a non-ASCII local part, which needs "
             "the SMTPUTF8 extension, but the SMTP server does not offer it."
         )
+
+
+class InvalidStoredMessage(ValueError):
+    """An outbox row holds something it can't be sent with (e.g. its envelope)."""
+
+    def __init__(self, pk: object, problem: str) -> None:
+        self.pk = pk
+        super().__init__(f"Outbox message {pk}: {problem}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import email
 import email.policy
 import random
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import conf
+from .exceptions import InvalidStoredMessage
 
 
 class Status(models.TextChoices):
@@ -134,6 +136,78 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             ).order_by("next_attempt_at", "id")
         )
 
+    # Operators' state changes. Each runs in one transaction on the write
+    # database, applies only to the messages in the right state, returns how
+    # many it changed, and enqueues delivery of what it queued on commit.
+
+    def requeue(self, *, include_partial: bool = True) -> int:
+        """
+        Queue failed messages again, due now; return how many.
+
+        With ``include_partial`` (the default), partially sent messages are
+        requeued too, for their failed recipients only: a recipient the
+        server accepted is never sent to again. The retry budget starts
+        afresh; ``attempts`` keeps counting the whole history.
+        """
+        statuses = [Status.FAILED]
+        if include_partial:
+            statuses.append(Status.PARTIAL)
+        db = router.db_for_write(self.model)
+        now = timezone.now()
+        count = 0
+        with transaction.atomic(using=db):
+            for chunk in _chunks(self._pks(db), _CHUNK):
+                candidates = self.model.objects.using(db).filter(
+                    pk__in=chunk, status__in=statuses
+                )
+                ids = list(candidates.select_for_update().values_list("pk", flat=True))
+                if not ids:
+                    continue
+                # Both writes repeat the status test, so they agree even on
+                # SQLite (no row locks): the first write takes its lock.
+                Recipient.objects.using(db).filter(
+                    message__in=candidates.filter(pk__in=ids),
+                    status=RecipientStatus.FAILED,
+                ).update(status=RecipientStatus.PENDING, updated_at=now)
+                count += candidates.filter(pk__in=ids).update(
+                    status=Status.QUEUED,
+                    next_attempt_at=now,
+                    requeued_attempts=F("attempts"),
+                    claimed_by="",
+                    lease_expires_at=None,
+                    last_error="",
+                    updated_at=now,
+                )
+                enqueue_delivery_on_commit(ids, using=db)
+        return count
+
+    def cancel(self) -> int:
+        """Cancel queued messages (not those being sent); return how many."""
+        db = router.db_for_write(self.model)
+        now = timezone.now()
+        count = 0
+        with transaction.atomic(using=db):
+            for chunk in _chunks(self._pks(db), _CHUNK):
+                count += (
+                    self.model.objects.using(db)
+                    .filter(pk__in=chunk, status=Status.QUEUED)
+                    .update(status=Status.CANCELLED, updated_at=now)
+                )
+        return count
+
+    def resend(self) -> int:
+        """
+        Queue a copy of each finished message; return how many were queued.
+
+        See ``resend_messages()``, which also says which copy is whose.
+        """
+        return len(resend_messages(self))
+
+    def _pks(self, db: str) -> list[int]:
+        # Ids first: the selection may be sliced, or filtered on a status
+        # the change alters, and SQLite can't write a table while reading it.
+        return list(self.using(db).values_list("pk", flat=True))
+
 
 class OutboxMessage(models.Model):
     """One message handed to the outbox, with its exact bytes and its state."""
@@ -163,6 +237,19 @@ class OutboxMessage(models.Model):
     updated_at = models.DateTimeField(_("updated"), default=timezone.now)
     sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
+    #: The message this one is a resent copy of.
+    resent_from = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="resends",
+        verbose_name=_("resent from"),
+    )
+    #: Bumped by every claim: each write of a claimed message is fenced on
+    #: it, so a worker whose lease was taken over can't write.
+    claim_token = models.PositiveBigIntegerField(default=0, editable=False)
 
     objects = OutboxMessageQuerySet.as_manager()
 
@@ -264,41 +351,164 @@ class OutboxMessage(models.Model):
             "last_error": error,
         }
 
-    def requeue(self) -> bool:
-        """Queue a failed (or partially sent) message for immediate delivery."""
-        if self.status not in (Status.FAILED, Status.PARTIAL):
-            return False
-        now = timezone.now()
-        with transaction.atomic(using=router.db_for_write(type(self))):
-            changed = (
-                type(self)
-                .objects.filter(pk=self.pk, status=self.status)
-                .update(
-                    status=Status.QUEUED,
-                    next_attempt_at=now,
-                    requeued_attempts=F("attempts"),
-                    last_error="",
-                    updated_at=now,
-                )
-            )
-            if changed:
-                self.recipient_set.filter(status=RecipientStatus.FAILED).update(
-                    status=RecipientStatus.PENDING
-                )
+    def requeue(self, *, include_partial: bool = True) -> bool:
+        """Queue this failed (or partially sent) message again; see the queryset's."""
+        changed = (
+            type(self)
+            .objects.filter(pk=self.pk)
+            .requeue(include_partial=include_partial)
+        )
         if changed:
             self.refresh_from_db()
         return bool(changed)
 
     def cancel(self) -> bool:
-        """Cancel a queued message; False if it is no longer queued."""
-        changed = (
-            type(self)
-            .objects.filter(pk=self.pk, status=Status.QUEUED)
-            .update(status=Status.CANCELLED, updated_at=timezone.now())
-        )
+        """Cancel this message if it is still queued; False otherwise."""
+        changed = type(self).objects.filter(pk=self.pk).cancel()
         if changed:
-            self.status = Status.CANCELLED
+            self.refresh_from_db()
         return bool(changed)
+
+    def resend(self) -> OutboxMessage:
+        """
+        Queue a copy of this finished message, linked to it; return the copy.
+
+        Raises ``ValueError`` if the message is still queued or being sent,
+        and ``InvalidStoredMessage`` if its stored envelope is unusable.
+        """
+        pairs = resend_messages(type(self).objects.filter(pk=self.pk))
+        if not pairs:
+            raise ValueError(
+                f"Outbox message {self.pk} is {self.status}, not finished: "
+                "only sent, partially sent, failed or cancelled messages can "
+                "be resent."
+            )
+        ((_original, copy),) = pairs
+        return type(self).objects.using(router.db_for_write(type(self))).get(pk=copy)
+
+
+_CHUNK = 500
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def enqueue_delivery_on_commit(ids: Iterable[int], *, using: str) -> None:
+    """
+    Start delivering the outbox messages ``ids`` once the transaction commits.
+
+    The one way anything (the outbox backend, requeue, resend) hands queued
+    messages to the Tasks framework: a rolled-back transaction sends
+    nothing. ``mailkit_worker`` delivers whatever a task never gets to.
+    """
+    ids = list(ids)
+    if not ids:
+        return
+
+    def enqueue() -> None:
+        from .tasks import enqueue_delivery  # lazily: tasks import the models
+
+        enqueue_delivery(ids)
+
+    transaction.on_commit(enqueue, using=using)
+
+
+def resend_messages(
+    queryset: models.QuerySet[Any], *, chunk_size: int = 200
+) -> list[tuple[int, int]]:
+    """
+    Queue a copy of each finished message in ``queryset``; return (original, copy) ids.
+
+    A copy is the original's exact bytes (Message-ID included: it is the
+    same message, sent again) to its whole envelope, and links to the
+    original (``resent_from``). Messages still queued or being sent are
+    left out. The stored envelope is checked first: a row whose envelope
+    is not a list of valid addresses raises ``InvalidStoredMessage`` and
+    nothing is resent. Delivery starts when the transaction commits.
+    """
+    using = router.db_for_write(OutboxMessage)
+    fields = ["queued_via", "mailer", "from_email", "subject", "message_id", "mime"]
+    pairs: list[tuple[int, int]] = []
+    with transaction.atomic(using=using):
+        ids = sorted(queryset.using(using).values_list("pk", flat=True))
+        for chunk in _chunks(ids, chunk_size):
+            now = timezone.now()
+            originals = list(
+                OutboxMessage.objects.using(using)
+                .filter(pk__in=chunk, status__in=FINAL_STATUSES)
+                .order_by("pk")
+                .only("pk", "recipients", *fields)
+            )
+            envelopes = [stored_envelope(original) for original in originals]
+            copies = OutboxMessage.objects.using(using).bulk_create(
+                [
+                    OutboxMessage(
+                        **{name: getattr(original, name) for name in fields},
+                        recipients=recipients,
+                        resent_from_id=original.pk,
+                        created_at=now,
+                        updated_at=now,
+                        next_attempt_at=now,
+                    )
+                    for original, recipients in zip(originals, envelopes, strict=True)
+                ]
+            )
+            Recipient.objects.using(using).bulk_create(
+                [
+                    Recipient(message=copy, address=address, updated_at=now)
+                    for copy, recipients in zip(copies, envelopes, strict=True)
+                    for address in recipients
+                ]
+            )
+            pairs += [
+                (original.pk, copy.pk)
+                for original, copy in zip(originals, copies, strict=True)
+            ]
+        enqueue_delivery_on_commit([copy for _original, copy in pairs], using=using)
+    return pairs
+
+
+def stored_envelope(record: OutboxMessage) -> list[str]:
+    """
+    Return the stored envelope recipients of ``record``, checked.
+
+    The row is not trusted: anything but a non-empty list of valid
+    addresses raises ``InvalidStoredMessage`` naming the message (a string
+    would otherwise be sent to one "address" per character).
+    """
+    from .message import envelope_address
+
+    value = record.recipients
+    if not isinstance(value, list) or not value:
+        raise InvalidStoredMessage(
+            record.pk,
+            "its stored recipients must be a non-empty list of addresses, "
+            f"not {type(value).__name__} {_short(value)}.",
+        )
+    recipients: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise InvalidStoredMessage(
+                record.pk,
+                f"a stored recipient must be an address (a string), not "
+                f"{type(item).__name__} {_short(item)}.",
+            )
+        try:
+            address, _utf8 = envelope_address(item, field="recipients")
+        except (ValueError, TypeError) as exc:
+            raise InvalidStoredMessage(
+                record.pk, f"stored recipient {_short(item)} is invalid: {exc}"
+            ) from None
+        if address not in recipients:
+            recipients.append(address)
+    return recipients
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def backoff(attempts: int) -> timedelta:

@@ -64,8 +64,7 @@ class EmailBackend(BaseEmailBackend):
         return len(queued)
 
     def _store(self, prepared: list[dict[str, Any]]) -> list[int]:
-        from ..models import OutboxMessage, Recipient
-        from ..tasks import enqueue_delivery
+        from ..models import OutboxMessage, Recipient, enqueue_delivery_on_commit
 
         now = timezone.now()
         db = router.db_for_write(OutboxMessage)
@@ -95,7 +94,7 @@ class EmailBackend(BaseEmailBackend):
                 ]
             )
             ids = [record.pk for record in records]
-            transaction.on_commit(lambda: enqueue_delivery(ids), using=db)
+            enqueue_delivery_on_commit(ids, using=db)
         return ids
 
 

@@ -108,19 +108,27 @@ class Command(BaseCommand):
             )
             if options["using"]:
                 qs = qs.filter(mailer=options["using"])
-            messages = list(qs.only("pk", "status"))
+            ids = list(qs.values_list("pk", flat=True))
         elif options["ids"]:
-            messages = [self._get(pk) for pk in options["ids"]]
+            ids = [self._get(pk).pk for pk in options["ids"]]
         else:
             raise CommandError("Give message ids, or --all-failed.")
-        done = [m.pk for m in messages if m.requeue()]
-        skipped = [m.pk for m in messages if m.pk not in done]
-        self.stdout.write(f"Requeued {len(done)} message(s).")
+        requeueable = set(
+            OutboxMessage.objects.filter(
+                pk__in=ids, status__in=[Status.FAILED, Status.PARTIAL]
+            ).values_list("pk", flat=True)
+        )
+        # Failed and partially sent (for their failed recipients); delivery
+        # is enqueued when the requeue commits.
+        count = OutboxMessage.objects.filter(pk__in=requeueable).requeue(
+            include_partial=True
+        )
+        skipped = [pk for pk in ids if pk not in requeueable]
+        self.stdout.write(f"Requeued {count} message(s).")
         if skipped:
             self.stderr.write(
                 f"Not failed, so not requeued: {', '.join(map(str, skipped))}."
             )
-        self._enqueue(done)
 
     def handle_cancel(self, options: dict[str, Any]) -> None:
         messages = [self._get(pk) for pk in options["ids"]]
@@ -160,10 +168,3 @@ class Command(BaseCommand):
             return OutboxMessage.objects.get(pk=pk)
         except OutboxMessage.DoesNotExist:
             raise CommandError(f"No outbox message with id {pk}.") from None
-
-    def _enqueue(self, ids: list[int]) -> None:
-        from django.db import transaction
-
-        from ...tasks import enqueue_delivery
-
-        transaction.on_commit(lambda: enqueue_delivery(ids))
