@@ -13,6 +13,7 @@ subclasses, so existing ``except smtplib.SMTPException`` code keeps working.
 from __future__ import annotations
 
 import smtplib
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -24,6 +25,7 @@ except ImportError:  # Django < 6.1
     _DjangoMailerDoesNotExist = KeyError  # type: ignore[assignment,misc]
 
 __all__ = [
+    "InvalidAddress",
     "InvalidMailer",
     "InvalidStoredMessage",
     "MailerDoesNotExist",
@@ -98,3 +100,17 @@ class InvalidStoredMessage(ValueError):
     def __init__(self, pk: object, problem: str) -> None:
         self.pk = pk
         super().__init__(f"Outbox message {pk}: {problem}")
+
+
+class InvalidAddress(ValueError):
+    """
+    An address can't be used: it would be unsafe or wrong in a header or an
+    SMTP command. A ``ValueError``, as Django raises for invalid addresses.
+    """
+
+    def __init__(self, address: Any, *, field: str, reason: str) -> None:
+        self.address = address
+        #: Where the address came from ("to", "from_email", "recipients", ...).
+        self.field = field
+        self.reason = reason
+        super().__init__(f"Invalid address {address!r}: {reason} ({field}).")

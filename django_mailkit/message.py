@@ -837,17 +837,3 @@ def render(email_message: Any, policy: email.policy.Policy) -> email.message.Mes
     except TypeError:
         data = email_message.message().as_bytes(linesep="\n")
         return email.message_from_bytes(data, policy=policy)
-
-
-def envelope_address(value: Any, *, field: str) -> tuple[str, bool]:
-    """
-    Return the SMTP envelope form of an address, and whether it needs SMTPUTF8.
-
-    The domain is IDNA-encoded; a non-ASCII local part can't be encoded and
-    needs the server's SMTPUTF8 extension.
-    """
-    address = to_address(value, field=field)
-    username, domain = address.username, address.domain
-    if domain and not domain.isascii():
-        domain = punycode(domain)
-    return Address(username=username, domain=domain).addr_spec, not username.isascii()

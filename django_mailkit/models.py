@@ -478,7 +478,7 @@ def stored_envelope(record: OutboxMessage) -> list[str]:
     addresses raises ``InvalidStoredMessage`` naming the message (a string
     would otherwise be sent to one "address" per character).
     """
-    from .message import envelope_address
+    from .envelope import stored_envelope as checked_envelope
 
     value = record.recipients
     if not isinstance(value, list) or not value:
@@ -487,7 +487,6 @@ def stored_envelope(record: OutboxMessage) -> list[str]:
             "its stored recipients must be a non-empty list of addresses, "
             f"not {type(value).__name__} {_short(value)}.",
         )
-    recipients: list[str] = []
     for item in value:
         if not isinstance(item, str):
             raise InvalidStoredMessage(
@@ -495,15 +494,17 @@ def stored_envelope(record: OutboxMessage) -> list[str]:
                 f"a stored recipient must be an address (a string), not "
                 f"{type(item).__name__} {_short(item)}.",
             )
-        try:
-            address, _utf8 = envelope_address(item, field="recipients")
-        except (ValueError, TypeError) as exc:
-            raise InvalidStoredMessage(
-                record.pk, f"stored recipient {_short(item)} is invalid: {exc}"
-            ) from None
-        if address not in recipients:
-            recipients.append(address)
-    return recipients
+    try:
+        envelope, invalid = checked_envelope(record.from_email, value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidStoredMessage(
+            record.pk, f"its stored sender is invalid: {exc}"
+        ) from None
+    for item, reason in invalid.items():
+        raise InvalidStoredMessage(
+            record.pk, f"stored recipient {_short(item)} is invalid: {reason}"
+        )
+    return list(envelope.recipients)
 
 
 def _short(value: Any) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 
-from ..message import envelope_address, render_bytes
+from ..envelope import message_envelope
+from ..message import render_bytes
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]
@@ -100,21 +101,14 @@ class EmailBackend(BaseEmailBackend):
 
 def prepare(message: Any) -> dict[str, Any]:
     """Return what the outbox stores for ``message``: envelope and bytes."""
-    sender, sender_utf8 = envelope_address(message.from_email, field="from_email")
-    recipients: list[str] = []
-    international = sender_utf8
-    for value in message.recipients():
-        address, utf8 = envelope_address(value, field="recipients")
-        international = international or utf8
-        if address not in recipients:
-            recipients.append(address)
+    envelope = message_envelope(message)
     # The bytes go on the wire as they are: SMTP line ends, and UTF-8
     # headers only when an address needs SMTPUTF8 anyway.
-    policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+    policy = email.policy.SMTPUTF8 if envelope.smtputf8 else email.policy.SMTP
     mime, message_id = render_bytes(message, policy)
     return {
-        "from_email": sender,
-        "recipients": recipients,
+        "from_email": envelope.sender,
+        "recipients": envelope.recipients,
         "subject": _subject(message),
         "message_id": message_id,
         "mime": mime,

@@ -18,8 +18,9 @@ from typing import Any
 from django.core.mail import message as django_message
 
 from .. import conf
+from ..envelope import message_envelope
 from ..exceptions import SMTPUTF8Unsupported
-from ..message import envelope_address, render_bytes
+from ..message import render_bytes
 from ..signals import recipients_refused
 from .base import BaseEmailBackend
 
@@ -477,16 +478,14 @@ class Job:
         recipients = message.recipients()
         if not recipients:
             return None
-        sender, sender_utf8 = envelope_address(message.from_email, field="from_email")
-        envelope = [envelope_address(r, field="recipients") for r in recipients]
-        international = sender_utf8 or any(utf8 for _, utf8 in envelope)
-        policy = email.policy.SMTPUTF8 if international else email.policy.SMTP
+        envelope = message_envelope(message)
+        policy = email.policy.SMTPUTF8 if envelope.smtputf8 else email.policy.SMTP
         data, message_id = render_bytes(message, policy)
         return cls(
-            sender,
-            [address for address, _ in envelope],
+            envelope.sender,
+            envelope.recipients,
             data,
-            international,
+            envelope.smtputf8,
             message,
             message_id,
         )
