@@ -30,10 +30,10 @@ from django.utils.html import escape
 
 from django_mailkit import EmailMultiAlternatives
 from django_mailkit.admin import OutboxPaginator, resend_messages
-from django_mailkit.admin_views import (
+from django_mailkit.admin.display import (
     PREVIEW_CSP,
     PREVIEW_CSP_REMOTE_IMAGES,
-    StoredMessage,
+    ParsedMessage,
 )
 from django_mailkit.models import Attempt, OutboxMessage, RecipientStatus, Status
 from django_mailkit.worker import Worker
@@ -170,7 +170,7 @@ READ_VIEWS = ["change", "eml", "preview", "part"]
 
 def read_url(view, record):
     if view == "part":
-        (part,) = StoredMessage(bytes(record.mime)).parts
+        (part,) = ParsedMessage(bytes(record.mime)).parts
         return admin_url("part", record.pk, part.index)
     return admin_url(view, record.pk)
 
@@ -328,6 +328,23 @@ class TestActions:
             )
             assert response.status_code == 403
             assert snapshot() == before
+
+    @pytest.mark.parametrize("action", [*ACTIONS, "delete_selected"])
+    def test_a_view_only_user_forging_an_action_gets_403(self, action):
+        # With no action offered at all, Django shows the changelist (200)
+        # as if nothing was posted; the README promises 403.
+        _permission, status, _after = ACTIONS.get(action, (None, Status.SENT, None))
+        record = set_status(queue(), status)
+        client = staff("view_outboxmessage")
+        page = client.get(admin_url("changelist")).content.decode()
+        assert action_choices(page) == []
+        before = snapshot()
+        response = client.post(admin_url("changelist"), action_post(action, record))
+        assert response.status_code == 403
+        confirmed = action_post(action, record, post="yes")
+        del confirmed["index"]
+        assert client.post(admin_url("changelist"), confirmed).status_code == 403
+        assert snapshot() == before
 
     @pytest.mark.parametrize("action", ACTIONS)
     def test_the_permission_without_view_is_not_enough(self, action):
@@ -861,11 +878,28 @@ class TestSendTestEmail:
         assert record.status == Status.SENT
         assert len(smtp_server.deliveries) == 1
         page = response.content.decode()
-        assert (
-            f"in the outbox (mailer &#x27;default&#x27;) as message {record.pk}; "
-            "its status is now “Sent”." in page
-        )
+        assert f"Queued as message {record.pk}; status: Sent." in page
         assert f'<a href="{admin_url("change", record.pk)}">Open it.</a>' in page
+        assert '<li class="success">' in page
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_failed_delivery_through_the_outbox_is_an_error(
+        self, sender, smtp_server
+    ):
+        with outbox_mailers(mailer_config(smtp_server), USE_TASKS=True):
+            response = sender.post(
+                admin_url("send_test_email"),
+                {"to": "refused-ann@example.com", "mailer": "default"},
+                follow=True,
+            )
+        record = OutboxMessage.objects.get()
+        assert record.status == Status.FAILED
+        page = response.content.decode()
+        (error,) = re.findall(r'<li class="error">(.*?)</li>', page, re.S)
+        assert f"Queued as message {record.pk}; status: Failed." in error
+        # The server's reply, as the server gave it.
+        assert "refused-ann@example.com: 550" in error
+        assert '<li class="success">' not in page
 
     def test_invalid_input_sends_nothing(self, sender):
         response = sender.post(

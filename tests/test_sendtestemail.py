@@ -144,3 +144,42 @@ def test_exit_status_and_no_traceback(closed_port):
         "CommandError: Sending with mailer 'smtp' failed: could not connect: "
         "Connection refused"
     )
+
+
+@pytest.fixture
+def outbox_server(server):
+    smtp = {
+        "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5},
+    }
+    outbox = {
+        "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+        "OPTIONS": {"deliver_using": "smtp"},
+    }
+    with override_settings(
+        MAILERS={"default": outbox, "smtp": smtp}, MAILKIT={"USE_TASKS": True}
+    ):
+        yield server
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_an_outbox_it_says_queued_not_sent(outbox_server):
+    from django_mailkit.models import OutboxMessage
+
+    out, _ = run("ann@example.com")
+    record = OutboxMessage.objects.get()
+    assert out.strip() == f"Queued as message {record.pk}; status: Sent."
+    assert len(outbox_server.deliveries) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_an_outbox_a_failed_delivery_is_an_error(outbox_server):
+    from django_mailkit.models import OutboxMessage
+
+    with pytest.raises(CommandError) as info:
+        run("refused-ann@example.com")
+    record = OutboxMessage.objects.get()
+    assert str(info.value).startswith(
+        f"Queued as message {record.pk}; status: Failed. "
+    )
+    assert "refused-ann@example.com: 550" in str(info.value)

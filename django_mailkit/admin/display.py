@@ -1,6 +1,6 @@
 """
 What the outbox admin shows and serves: stored messages read for display,
-the sandboxed HTML preview, downloads, and the test email.
+the sandboxed HTML preview, and downloads.
 
 Everything here treats the stored message as untrusted input. Nothing from
 it is marked safe for an admin page: the HTML alternative is only ever
@@ -9,8 +9,8 @@ blocks scripts, forms, plugins and remote content, and sandboxes the
 document even when it is opened directly rather than in the admin's
 ``<iframe sandbox>``. Downloads are attachments, never rendered.
 
-Permission checks belong to the callers (``OutboxMessageAdmin``); these
-functions only build responses.
+Permission checks belong to the callers (``views.py``); these functions
+only build responses.
 """
 
 from __future__ import annotations
@@ -22,35 +22,22 @@ import email.policy
 import mimetypes
 import os
 import re
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
-from django.contrib import messages
 from django.http import HttpResponse
-from django.utils import timezone
 from django.utils.http import content_disposition_header
-from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
-
-from .backends.outbox import EmailBackend as OutboxBackend
-from .exceptions import InvalidMailer
-from .handler import mailers
-from .management.commands.sendtestemail import describe_error
-from .message import EmailMessage, make_msgid
 
 __all__ = [
     "PREVIEW_CSP",
     "PREVIEW_CSP_REMOTE_IMAGES",
-    "StoredMessage",
-    "TestEmailResult",
+    "ParsedMessage",
     "eml_response",
     "part_response",
     "preview_response",
-    "send_test_email",
 ]
 
 #: The HTML preview's policy: no script, no plugins, no forms, no frames,
@@ -86,7 +73,7 @@ class Part:
     inline: bool
 
 
-class StoredMessage:
+class ParsedMessage:
     """A stored outbox message (its exact bytes), parsed for display."""
 
     def __init__(self, mime: bytes) -> None:
@@ -262,7 +249,7 @@ def eml_response(record: Any) -> HttpResponse:
     )
 
 
-def part_response(message: StoredMessage, index: int) -> HttpResponse | None:
+def part_response(message: ParsedMessage, index: int) -> HttpResponse | None:
     """Serve one attachment or inline part for download, or None if absent."""
     part = message.part(index)
     if part is None:
@@ -281,7 +268,7 @@ def part_response(message: StoredMessage, index: int) -> HttpResponse | None:
 
 
 def preview_response(
-    message: StoredMessage, *, remote_images: bool = False
+    message: ParsedMessage, *, remote_images: bool = False
 ) -> HttpResponse | None:
     """Serve the HTML alternative, sandboxed by its CSP; None if there is none."""
     html = message.preview_html()
@@ -295,111 +282,3 @@ def preview_response(
     # Remote images, when allowed, must not learn the admin's URLs.
     response["Referrer-Policy"] = "no-referrer"
     return response
-
-
-@dataclass(frozen=True)
-class TestEmailResult:
-    """What happened to a test email: a messages level and a plain sentence."""
-
-    __test__ = False  # not a test class, despite the name
-
-    level: int
-    text: str
-    #: The outbox message it was queued as, when the mailer is an outbox.
-    outbox_id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.level < messages.ERROR
-
-
-def send_test_email(recipients: list[str], *, using: str) -> TestEmailResult:
-    """
-    Send a test email with mailer ``using``, now, and say what happened.
-
-    SMTP errors are described as ``manage.py sendtestemail`` describes them.
-    With an outbox mailer the message is queued, and delivered the way the
-    outbox delivers everything.
-    """
-    from .models import OutboxMessage
-
-    message_id = make_msgid()
-    message = EmailMessage(
-        subject=f"Test email from {socket.gethostname()} on {timezone.now()}",
-        body="If you're reading this, it was successful.",
-        to=recipients,
-        headers={"Message-ID": message_id},
-    )
-    try:
-        backend = mailers[using]
-        sent = backend.send_messages([message])
-    except InvalidMailer as exc:
-        return TestEmailResult(
-            messages.ERROR,
-            _("Mailer %(alias)r is misconfigured: %(error)s")
-            % {"alias": using, "error": exc},
-        )
-    except (OSError, ValueError) as exc:
-        return TestEmailResult(
-            messages.ERROR,
-            _("Sending with mailer %(alias)r failed: %(error)s.")
-            % {"alias": using, "error": describe_error(exc)},
-        )
-    if not sent:
-        return TestEmailResult(
-            messages.ERROR, _("Mailer %r did not send the test email.") % using
-        )
-    if isinstance(backend, OutboxBackend):
-        record = (
-            OutboxMessage.objects.filter(message_id=message_id)
-            .only("pk", "status")
-            .order_by("-pk")
-            .first()
-        )
-        if record is not None:
-            return TestEmailResult(
-                messages.SUCCESS,
-                _(
-                    "Queued a test email to %(recipients)s in the outbox "
-                    "(mailer %(alias)r) as message %(id)s; its status is now "
-                    "“%(status)s”."
-                )
-                % {
-                    "recipients": ", ".join(recipients),
-                    "alias": using,
-                    "id": record.pk,
-                    "status": record.get_status_display(),
-                },
-                outbox_id=record.pk,
-            )
-    refused = getattr(message, "refused_recipients", None) or {}
-    if refused:
-        return TestEmailResult(
-            messages.WARNING,
-            ngettext(
-                "Sent a test email with mailer %(alias)r, but the server refused "
-                "%(count)d recipient: %(refused)s.",
-                "Sent a test email with mailer %(alias)r, but the server refused "
-                "%(count)d recipients: %(refused)s.",
-                len(refused),
-            )
-            % {
-                "alias": using,
-                "count": len(refused),
-                "refused": "; ".join(
-                    f"{address}: {code} {_reply(reply)}"
-                    for address, (code, reply) in refused.items()
-                ),
-            },
-        )
-    return TestEmailResult(
-        messages.SUCCESS,
-        _("Sent a test email with mailer %(alias)r to %(recipients)s.")
-        % {"alias": using, "recipients": ", ".join(recipients)},
-    )
-
-
-def _reply(reply: bytes | str) -> str:
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(reply.split())

@@ -1,161 +1,50 @@
 """
-The outbox in Django's admin.
+``OutboxMessageAdmin``: the outbox's columns, search, permissions and actions.
 
-``OutboxMessageAdmin`` is registered on the default admin site. The outbox
-is a record: messages are never edited here. Operations are admin actions,
-each behind its own permission (``resend_outboxmessage``,
+The outbox is a record: messages are never edited here. Operations are admin
+actions, each behind its own permission (``resend_outboxmessage``,
 ``requeue_outboxmessage``, ``cancel_outboxmessage``); on Django 6.1 they are
-also on the message page as change-form actions, and on older versions the
-message page posts to one small view that runs the same action. Reading a
-message's bodies, previews and downloads needs the view permission; the
-"Send test email" page needs ``send_test_email``.
-
-The changelist is built for large tables: no per-row queries, no counting
-of the whole table (see ``OutboxPaginator``), filters that need no query to
-list their choices, and a search that uses the indexes for addresses and
-Message-IDs.
+also on the message page as change-form actions (before 6.1, see
+``legacy.py``). Reading a message's bodies, previews and downloads needs the
+view permission; the "Send test email" page needs ``send_test_email``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode
 
-import django
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
-from django.db import connections, router, transaction
-from django.db.models import Count, Q, QuerySet
-from django.http import (
-    Http404,
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBase,
-    HttpResponseNotAllowed,
-    HttpResponseRedirect,
-)
-from django.template.response import TemplateResponse
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
-from .admin_views import (
-    StoredMessage,
-    eml_response,
-    part_response,
-    preview_response,
-    send_test_email,
-)
-from .conf import mailers_setting
-from .forms import SendTestEmailForm
-from .handler import mailers
-from .models import (
+from ..models import (
     FINAL_STATUSES,
     OutboxMessage,
     Recipient,
     Status,
     resend_messages,
 )
+from .changelist import MailerFilter, OutboxChangeList, OutboxPaginator, dashboard
+from .display import ParsedMessage
+from .legacy import CHANGE_FORM_ACTIONS, OBJECT_ACTIONS, ObjectActionsMixin
+from .views import MessageViewsMixin
 
-__all__ = ["OutboxMessageAdmin", "OutboxPaginator", "resend_messages"]
-
-#: Django 6.1 runs admin actions from the change form too.
-CHANGE_FORM_ACTIONS = django.VERSION >= (6, 1)
-
-
-class OutboxPaginator(Paginator):
-    """
-    A paginator that never counts a whole large table.
-
-    Without filters, on PostgreSQL, a table larger than ``count_limit`` is
-    counted by the planner's estimate (``pg_class.reltuples``). Otherwise
-    rows are counted only up to ``count_limit``: past it, the count stops
-    there (``count_is_capped``) and the changelist says "more than".
-    """
-
-    #: Rows counted at most.
-    count_limit = 10_000
-    count_is_estimate = False
-    count_is_capped = False
-
-    @cached_property
-    def count(self) -> int:
-        queryset = self.object_list
-        if not queryset.query.where:
-            estimate = estimated_row_count(queryset)
-            if estimate is not None and estimate > self.count_limit:
-                self.count_is_estimate = True
-                return estimate
-        counted = queryset.order_by()[: self.count_limit + 1].count()
-        if counted > self.count_limit:
-            self.count_is_capped = True
-            return self.count_limit
-        return counted
-
-
-def estimated_row_count(queryset: QuerySet[Any]) -> int | None:
-    """Return the database's estimate of the table's rows, if it keeps one."""
-    connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
-            [connection.ops.quote_name(queryset.model._meta.db_table)],
-        )
-        row = cursor.fetchone()
-    # -1: never analyzed (PostgreSQL 14+); 0 may mean the same before.
-    if row is None or row[0] is None or row[0] <= 0:
-        return None
-    return int(row[0])
-
-
-class OutboxChangeList(ChangeList):
-    """The changelist's rows leave the message bytes in the database."""
-
-    def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        return super().get_queryset(request, *args, **kwargs).defer("mime")
-
-
-class MailerFilter(admin.SimpleListFilter):
-    """Filter by the delivering mailer, listing the configured aliases."""
-
-    title = _("mailer")
-    parameter_name = "mailer"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        # From the settings, not SELECT DISTINCT over the whole table.
-        configs = mailers_setting() or {}
-        aliases = [alias for alias in mailers if not _is_outbox(configs.get(alias))]
-        current = self.value()
-        if current and current not in aliases:
-            aliases.append(current)
-        return [(alias, alias) for alias in aliases]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
-        if self.value():
-            return queryset.filter(mailer=self.value())
-        return queryset
-
-
-def _is_outbox(config: Any) -> bool:
-    backend = config.get("BACKEND", "") if isinstance(config, dict) else ""
-    return str(backend).endswith(".outbox.EmailBackend")
+__all__ = ["OutboxMessageAdmin", "resend_messages"]
 
 
 def outbox_action(
@@ -170,28 +59,19 @@ def outbox_action(
             "description_plural": description_plural,
             "location": [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM],
         }
-    else:
+    else:  # RemovedWithDjango61Minimum
         kwargs = {"description": description_plural}
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func = admin.action(permissions=[permission], **kwargs)(func)
-        func.singular_description = description  # the legacy change-page button
+        func.singular_description = description  # RemovedWithDjango61Minimum
         return func
 
     return decorate
 
 
-#: The actions that apply to one message, with the statuses they apply to
-#: (the buttons on the message page before Django 6.1).
-OBJECT_ACTIONS = {
-    "resend": FINAL_STATUSES,
-    "requeue": frozenset({Status.FAILED, Status.PARTIAL}),
-    "cancel": frozenset({Status.QUEUED}),
-}
-
-
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
+class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin):
     list_display = [
         "display_subject",
         "display_recipients",
@@ -257,7 +137,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     ]
     change_list_template = "django_mailkit/admin/change_list.html"
     change_form_template = "django_mailkit/admin/change_form.html"
-    send_test_email_template = "django_mailkit/admin/send_test_email.html"
 
     class Media:
         css = {"all": ["django_mailkit/admin.css"]}
@@ -492,14 +371,24 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def response_action(
         self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
     ) -> HttpResponseBase | None:
-        # Django answers a forged action (one not offered to this user) with
-        # "No action selected"; say what it is: forbidden.
+        self._refuse_forged_actions(request)
+        return super().response_action(request, queryset, *args, **kwargs)
+
+    def _refuse_forged_actions(self, request: HttpRequest) -> None:
+        """
+        Answer an action this user may not run with 403.
+
+        Django answers a forged action (one not offered to this user) with
+        "No action selected", or, when the user may run no action at all,
+        by showing the changelist as if nothing was posted. Say what it is.
+        """
+        if request.method != "POST":
+            return
         for key, values in request.POST.lists():
             if key == "action" or key.endswith("-action"):
                 for name in values:
                     if not self._may_run(request, name):
                         raise PermissionDenied
-        return super().response_action(request, queryset, *args, **kwargs)
 
     def _may_run(self, request: HttpRequest, name: str) -> bool:
         """False if ``name`` is an action this user lacks the permission for."""
@@ -514,20 +403,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             getattr(self, f"has_{permission}_permission")(request)
             for permission in permissions
         )
-
-    def _object_actions(
-        self, request: HttpRequest, obj: OutboxMessage | None = None
-    ) -> dict[str, Callable[..., Any]]:
-        """The one-message actions this user may run (on ``obj``'s status)."""
-        allowed = {}
-        for name, statuses in OBJECT_ACTIONS.items():
-            if not self._may_run(request, name):
-                continue
-            if obj is not None and obj.status not in statuses:
-                continue
-            action = self.get_action(name)
-            allowed[name] = action[0] if isinstance(action, tuple) else action.func
-        return allowed
 
     # Pages.
 
@@ -555,14 +430,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                 name=f"{info}_part",
             ),
         ]
-        if not CHANGE_FORM_ACTIONS:
-            urls.append(
-                path(
-                    "<path:object_id>/actions/<str:action>/",
-                    wrap(self.object_action_view),
-                    name=f"{info}_object_action",
-                )
-            )
+        urls += self.object_action_urls(info, wrap)
         return urls + super().get_urls()
 
     def _url(self, name: str, *args: Any) -> str:
@@ -574,6 +442,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        self._refuse_forged_actions(request)
         context = {
             # Evaluated when rendered, after Django's permission check.
             "mailkit_dashboard": partial(self.dashboard, request),
@@ -588,34 +457,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def dashboard(self, request: HttpRequest) -> dict[str, Any]:
         """Messages created in the last 24 hours and 7 days, by status."""
-        now = timezone.now()
-        day, week = now - timedelta(days=1), now - timedelta(days=7)
-        counts = {
-            row["status"]: row
-            for row in self.model.objects.filter(created_at__gte=week)
-            .values("status")
-            .annotate(week=Count("pk"), day=Count("pk", filter=Q(created_at__gte=day)))
-            .order_by()
-        }
-        changelist = self._url("changelist")
-        columns = []
-        for status in Status:
-            row = counts.get(status.value, {})
-            columns.append(
-                {
-                    "status": status.value,
-                    "label": status.label,
-                    "day": row.get("day", 0),
-                    "week": row.get("week", 0),
-                    "day_url": _filter_url(changelist, status, day),
-                    "week_url": _filter_url(changelist, status, week),
-                }
-            )
-        return {
-            "columns": columns,
-            "day_total": sum(column["day"] for column in columns),
-            "week_total": sum(column["week"] for column in columns),
-        }
+        return dashboard(self.model.objects.all(), self._url("changelist"))
 
     def render_change_form(
         self,
@@ -633,7 +475,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def _message_context(
         self, request: HttpRequest, obj: OutboxMessage
     ) -> dict[str, Any]:
-        message = StoredMessage(bytes(obj.mime))
+        message = ParsedMessage(bytes(obj.mime))
         remote_images = request.GET.get("remote_images") == "1"
         preview_url = self._url("preview", quote(obj.pk))
         pk = quote(obj.pk)
@@ -647,16 +489,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             }
             for attempt in obj.attempt_set.all()
         ]
-        object_actions = []
-        if not CHANGE_FORM_ACTIONS:
-            for name, func in self._object_actions(request, obj).items():
-                object_actions.append(
-                    {
-                        "name": name,
-                        "label": func.singular_description,
-                        "url": self._url("object_action", pk, name),
-                    }
-                )
         return {
             "message": message,
             "eml_url": self._url("eml", pk),
@@ -668,110 +500,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             ],
             "recipients": obj.recipient_set.all(),
             "attempts": attempts,
-            "object_actions": object_actions,
+            "object_actions": self.object_action_buttons(request, obj),
         }
-
-    def _get_viewable(self, request: HttpRequest, object_id: str) -> OutboxMessage:
-        """The message, if this user may read it: permission first, then lookup."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        obj = self.get_object(request, unquote(object_id))
-        if obj is None:
-            raise Http404(_("No outbox message with this id."))
-        if not self.has_view_permission(request, obj):
-            raise PermissionDenied
-        return obj
-
-    def eml_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Download the message's exact bytes."""
-        return eml_response(self._get_viewable(request, object_id))
-
-    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """Serve the HTML alternative alone, for the sandboxed iframe."""
-        obj = self._get_viewable(request, object_id)
-        response = preview_response(
-            StoredMessage(bytes(obj.mime)),
-            remote_images=request.GET.get("remote_images") == "1",
-        )
-        if response is None:
-            raise Http404(_("This message has no HTML version."))
-        return response
-
-    def part_view(
-        self, request: HttpRequest, object_id: str, index: int
-    ) -> HttpResponse:
-        """Download one attachment (or inline part)."""
-        obj = self._get_viewable(request, object_id)
-        response = part_response(StoredMessage(bytes(obj.mime)), index)
-        if response is None:
-            raise Http404(_("This message has no such part."))
-        return response
-
-    def object_action_view(
-        self, request: HttpRequest, object_id: str, action: str
-    ) -> HttpResponse:
-        """Run one action on one message (the message page, before Django 6.1)."""
-        if action not in OBJECT_ACTIONS:
-            raise Http404(_("No such action."))
-        if not self.has_view_permission(request) or not self._may_run(request, action):
-            raise PermissionDenied
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        obj = self._get_viewable(request, object_id)
-        func = self._object_actions(request)[action]
-        with transaction.atomic(using=router.db_for_write(self.model)):
-            response = func(self, request, self.get_queryset(request).filter(pk=obj.pk))
-        if isinstance(response, HttpResponseBase):
-            return response
-        return HttpResponseRedirect(self._url("change", quote(obj.pk)))
-
-    def send_test_email_view(self, request: HttpRequest) -> HttpResponse:
-        """Send a test email now, through the chosen mailer; GET shows the form."""
-        if not self.has_send_test_email_permission(request):
-            raise PermissionDenied
-        if request.method == "POST":
-            form = SendTestEmailForm(request.POST)
-            if form.is_valid():
-                result = send_test_email(
-                    form.cleaned_data["recipients"], using=form.cleaned_data["mailer"]
-                )
-                if result.ok:
-                    text: Any = result.text
-                    if result.outbox_id is not None and self.has_view_permission(
-                        request
-                    ):
-                        text = format_html(
-                            '{} <a href="{}">{}</a>',
-                            result.text,
-                            self._url("change", quote(result.outbox_id)),
-                            _("Open it."),
-                        )
-                    self.message_user(request, text, result.level)
-                    return HttpResponseRedirect(request.get_full_path())
-                form.add_error(None, result.text)
-        else:
-            form = SendTestEmailForm()
-        context = {
-            **self.admin_site.each_context(request),
-            "title": _("Send a test email"),
-            "form": form,
-            "adminform": helpers.AdminForm(
-                form, [(None, {"fields": list(form.fields)})], {}, model_admin=self
-            ),
-            "opts": self.opts,
-            "has_view_permission": self.has_view_permission(request),
-            "media": self.media + form.media,
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, self.send_test_email_template, context)
 
 
 def _short_datetime(value: Any) -> str:
     return date_format(timezone.localtime(value), "SHORT_DATETIME_FORMAT")
-
-
-def _filter_url(changelist: str, status: Status, since: Any) -> str:
-    query = urlencode(
-        {"status__exact": status.value, "created_at__gte": since.isoformat()}
-    )
-    return f"{changelist}?{query}"
