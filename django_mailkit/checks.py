@@ -134,7 +134,8 @@ def check_django_mail_uses_mailers(
     """On Django < 6.1, warn when Django's own mail would bypass MAILERS."""
     if _DJANGO_61 or conf.mailers_setting() is None:
         return []
-    if settings.is_overridden("EMAIL_BACKEND") and (
+    # LazySettings has is_overridden(); the stubs' plugin types it as Settings.
+    if settings.is_overridden("EMAIL_BACKEND") and (  # type: ignore[misc]
         conf.legacy_setting("EMAIL_BACKEND") == BRIDGE_BACKEND
     ):
         return []

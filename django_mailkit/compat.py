@@ -35,8 +35,8 @@ def install_test_environment_hooks() -> None:
     for module_name in ("django.test.utils", "django.test.runner", "django.test"):
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, "setup_test_environment"):
-            module.setup_test_environment = setup
-            module.teardown_test_environment = teardown
+            setattr(module, "setup_test_environment", setup)  # noqa: B010
+            setattr(module, "teardown_test_environment", teardown)  # noqa: B010
 
 
 def _wrap_setup(original: Any) -> Any:
@@ -45,7 +45,8 @@ def _wrap_setup(original: Any) -> Any:
         original(*args, **kwargs)
         from django.test.utils import _TestState
 
-        saved = _TestState.saved_data
+        # Set by the original setup just above; not declared on the class.
+        saved = _TestState.saved_data  # type: ignore[attr-defined]
         # Ours stamps sent_using on Django's own messages too.
         settings.EMAIL_BACKEND = LOCMEM_BACKEND
         if hasattr(settings, "MAILERS"):

@@ -10,7 +10,7 @@ default beside it.
 from __future__ import annotations
 
 from email.headerregistry import Address
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import django
 from django.conf import settings
@@ -40,11 +40,15 @@ LEGACY_SMTP_SETTINGS = {
 }
 LEGACY_FILE_SETTINGS = {"file_path": "EMAIL_FILE_PATH"}
 
+_T = TypeVar("_T")
+
 
 def _wrapped_settings() -> Any:
-    if settings._wrapped is empty:
-        settings._setup()
-    return settings._wrapped
+    # django-stubs' plugin types ``settings`` as Settings; it is the
+    # LazySettings wrapper, which has these.
+    if settings._wrapped is empty:  # type: ignore[misc]
+        settings._setup()  # type: ignore[misc]
+    return settings._wrapped  # type: ignore[misc]
 
 
 def legacy_setting(name: str, default: Any = None) -> Any:
@@ -122,7 +126,11 @@ def staff_addresses(setting: str) -> list[str | Address]:
 # django_mailkit's own settings: one MAILKIT dict, one getter per key.
 
 
-def _mailkit(key: str, default: Any, kind: type | tuple[type, ...]) -> Any:
+@overload
+def _mailkit(key: str, default: _T, kind: type[_T]) -> _T: ...
+@overload
+def _mailkit(key: str, default: float, kind: tuple[type, ...]) -> float: ...
+def _mailkit(key: str, default: object, kind: type | tuple[type, ...]) -> object:
     options = getattr(settings, "MAILKIT", None) or {}
     if not isinstance(options, dict):
         raise ImproperlyConfigured("The MAILKIT setting must be a dict.")

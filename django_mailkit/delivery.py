@@ -26,14 +26,15 @@ import logging
 import operator
 import smtplib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import AddressHeader
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from . import conf
@@ -42,6 +43,9 @@ from .backends.smtp import decode_reply
 from .handler import mailers
 from .message import EmailMessage
 from .models import Attempt, OutboxMessage, Recipient, RecipientStatus, Status
+
+if TYPE_CHECKING:
+    from django.db.models.options import Options
 
 logger = logging.getLogger("django_mailkit.delivery")
 
@@ -119,7 +123,7 @@ class Outcome:
     kind: str = field(kw_only=False)  # an Attempt.Outcome value
     #: The connection can't be used for another message.
     connection_lost: bool = False
-    replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    replies: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
     code: int | None = None
     reply: str = ""
     error: str = ""
@@ -501,7 +505,7 @@ def _execute(connection: Any, sql: str, params: list[Any]) -> int:
     try:
         import psycopg
     except ImportError:  # psycopg2
-        psycopg = None
+        psycopg = None  # type: ignore[assignment]  # checked just below
     if psycopg is not None and isinstance(raw, psycopg.Connection):
         # psycopg's own cursor sends the parameters separately (Django's
         # quotes each one into the SQL text in Python, which costs more per
@@ -512,7 +516,8 @@ def _execute(connection: Any, sql: str, params: list[Any]) -> int:
             return cursor.rowcount
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        rowcount: int = cursor.rowcount
+        return rowcount
 
 
 @functools.cache
@@ -520,8 +525,10 @@ def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
     quote = connections[router.db_for_write(OutboxMessage)].ops.quote_name
     r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
 
-    def col(meta: Any, name: str) -> str:
-        return quote(meta.get_field(name).column)
+    def col(meta: Options[Any], name: str) -> str:
+        model_field = meta.get_field(name)
+        assert isinstance(model_field, Field) and model_field.column  # concrete
+        return quote(model_field.column)
 
     ctes: list[str] = []
     still_pending = (
@@ -547,9 +554,7 @@ def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
             f"AND r.{col(r_meta, 'address')} = v.address "
             f"AND {still_pending})"
         )
-    attempt_columns = ", ".join(
-        quote(a_meta.get_field(n).column) for n in _ATTEMPT_FIELDS
-    )
+    attempt_columns = ", ".join(col(a_meta, n) for n in _ATTEMPT_FIELDS)
     ctes.append(
         f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb))"

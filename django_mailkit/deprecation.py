@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 __all__ = ["MailkitDeprecationWarning"]
@@ -71,7 +72,7 @@ def warn(message: str, *, internal_ok: bool = True) -> None:
     caller is Django itself: Django's own code (e.g. Django 6.1's
     get_connection() building one of our backends) is not the user's to fix.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     # stacklevel=2 names warn()'s caller; each skipped frame adds one.
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):

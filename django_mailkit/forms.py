@@ -60,7 +60,9 @@ class SendTestEmailForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         choices = mailer_choices()
-        self.fields["mailer"].choices = choices
+        mailer = self.fields["mailer"]
+        assert isinstance(mailer, forms.ChoiceField)
+        mailer.choices = choices
         aliases = [alias for alias, _label in choices]
         if DEFAULT_MAILER_ALIAS in aliases:
             self.fields["mailer"].initial = DEFAULT_MAILER_ALIAS
@@ -101,6 +103,7 @@ class SendTestEmailForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        assert cleaned is not None  # Form.clean() returns cleaned_data
         recipients = list(cleaned.get("to") or [])
         for name in ("admins", "managers"):
             if cleaned.get(name):

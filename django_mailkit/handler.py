@@ -148,7 +148,10 @@ class MailersHandler:
     ) -> type[BaseEmailBackend]:
         """Import a backend class from its dotted path, with a clear error."""
         try:
-            return import_string(resolve_backend_path(path))
+            backend_class: type[BaseEmailBackend] = import_string(
+                resolve_backend_path(path)
+            )
+            return backend_class
         except ImportError as exc:
             raise InvalidMailer(
                 f"could not import BACKEND {path!r}: {exc}",

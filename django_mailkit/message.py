@@ -16,12 +16,13 @@ import email.policy
 import functools
 import mimetypes
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address, AddressHeader, Group
 from email.utils import make_msgid
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import django
@@ -282,6 +283,14 @@ class EmailMessage:
     #: Charset for the body and text attachments; None means DEFAULT_CHARSET.
     encoding: str | None = None
 
+    # Set by the SMTP backend on every send, for callers to inspect.
+    #: The delivery error for this message, or None when the server took it.
+    smtp_error: BaseException | None = None
+    #: The recipients the server refused: address -> (code, reply text).
+    #: Read-only and empty until the message is sent; each send assigns a
+    #: new dict.
+    refused_recipients: Mapping[str, tuple[int, str]] = MappingProxyType({})
+
     @deprecation.keyword_only_after(
         "bcc", "connection", "attachments", "headers", "cc", "reply_to"
     )
@@ -461,9 +470,9 @@ class EmailMessage:
         if "message-id" not in extra:
             # Read at call time: pytest-django replaces Django's DNS_NAME to
             # keep getfqdn() out of tests.
-            items.append(
-                ("Message-ID", make_msgid(domain=str(django_message.DNS_NAME)))
-            )
+            # (django-stubs omit this module's import of DNS_NAME.)
+            dns_name = django_message.DNS_NAME  # type: ignore[attr-defined]
+            items.append(("Message-ID", make_msgid(domain=str(dns_name))))
         for name, value in extra.values():
             items.append((name, self._header_value(name, value, ascii_only)))
         # An address header whose every item was empty is left out.
@@ -585,7 +594,8 @@ class EmailMessage:
         msg.make_mixed()
         for attachment in self.attachments:
             if isinstance(attachment, email.message.Message):
-                msg.attach(attachment)
+                # typeshed wants the container's own class; any Message works.
+                msg.attach(attachment)  # type: ignore[arg-type]
             else:
                 self._add_attachment(msg, *attachment)
         if self.mixed_subtype != "mixed":
@@ -773,7 +783,9 @@ def _as_mime(content: Any, policy: email.policy.Policy) -> email.message.Message
             return content.message(policy=policy)
         # Django 5.2 builds legacy compat32 objects: re-parse them so the
         # whole tree follows one policy.
-        data = content.message().as_bytes(linesep="\n")
+        legacy = content.message()
+        # Django 5.2's SafeMIME classes take linesep; django-stubs describe 6.x.
+        data = legacy.as_bytes(linesep="\n")  # type: ignore[call-arg]
         return email.message_from_bytes(data, policy=policy)
     if isinstance(content, email.message.Message):
         return content
@@ -830,10 +842,13 @@ def render(email_message: Any, policy: email.policy.Policy) -> email.message.Mes
     Django 5.2's EmailMessage.message() takes no policy and returns a legacy
     compat32 object; its wire form is re-parsed under ``policy``.
     """
+    built: email.message.Message
     if isinstance(email_message, EmailMessage) or django.VERSION >= (6, 0):
-        return email_message.message(policy=policy)
+        built = email_message.message(policy=policy)
+        return built
     try:
-        return email_message.message(policy=policy)
+        built = email_message.message(policy=policy)
+        return built
     except TypeError:
         data = email_message.message().as_bytes(linesep="\n")
         return email.message_from_bytes(data, policy=policy)

@@ -24,10 +24,14 @@ logger = logging.getLogger("django_mailkit.tasks")
 try:
     from django.tasks import task, task_backends
 except ImportError:  # Django < 6.0
+    # Typed against django.tasks (django-stubs); the backport has the same API.
     try:
-        from django_tasks import task, task_backends
+        from django_tasks import (  # type: ignore[assignment,no-redef]
+            task,
+            task_backends,
+        )
     except ImportError:
-        task = task_backends = None
+        task = task_backends = None  # type: ignore[assignment]
 
 
 def worker_name(kind: str) -> str:

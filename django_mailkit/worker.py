@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TextIO
+from typing import Protocol
 
 from django.db import close_old_connections
 
@@ -23,6 +23,14 @@ from .tasks import worker_name
 logger = logging.getLogger("django_mailkit.worker")
 
 __all__ = ["Worker", "WorkerStats"]
+
+
+class Output(Protocol):
+    """Where progress lines go: a text stream, or a command's OutputWrapper."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 @dataclass
@@ -67,7 +75,7 @@ class Worker:
         interval: float = 1.0,
         once: bool = False,
         name: str | None = None,
-        stdout: TextIO | None = None,
+        stdout: Output | None = None,
     ) -> None:
         self.batch_size = batch_size or conf.batch_size()
         self.mailer = mailer

@@ -94,11 +94,11 @@ class ParsedMessage:
         return result
 
     @cached_property
-    def _nodes(self) -> list[email.message.EmailMessage]:
+    def _nodes(self) -> list[email.message.MIMEPart]:
         """Every part in document order; an attached message is one part."""
-        nodes: list[email.message.EmailMessage] = []
+        nodes: list[email.message.MIMEPart] = []
 
-        def visit(part: email.message.EmailMessage) -> None:
+        def visit(part: email.message.MIMEPart) -> None:
             nodes.append(part)
             if part.get_content_maintype() == "multipart" and part.is_multipart():
                 for child in part.iter_parts():
@@ -108,11 +108,11 @@ class ParsedMessage:
         return nodes
 
     @cached_property
-    def _text_part(self) -> email.message.EmailMessage | None:
+    def _text_part(self) -> email.message.MIMEPart | None:
         return self.message.get_body(("plain",))
 
     @cached_property
-    def _html_part(self) -> email.message.EmailMessage | None:
+    def _html_part(self) -> email.message.MIMEPart | None:
         return self.message.get_body(("html",))
 
     @property
@@ -129,7 +129,7 @@ class ParsedMessage:
     def has_html(self) -> bool:
         return self._html_part is not None
 
-    def iter_parts(self) -> Iterator[tuple[int, email.message.EmailMessage]]:
+    def iter_parts(self) -> Iterator[tuple[int, email.message.MIMEPart]]:
         """Yield (index, part) for every leaf that is not a body."""
         bodies = {id(self._text_part), id(self._html_part)}
         for index, part in enumerate(self._nodes):
@@ -154,7 +154,7 @@ class ParsedMessage:
             for index, part in self.iter_parts()
         ]
 
-    def part(self, index: int) -> email.message.EmailMessage | None:
+    def part(self, index: int) -> email.message.MIMEPart | None:
         """Return the non-body leaf part at ``index`` (from ``parts``), or None."""
         return dict(self.iter_parts()).get(index)
 
@@ -181,7 +181,7 @@ class ParsedMessage:
         return html
 
 
-def _decode_text(part: email.message.EmailMessage) -> str:
+def _decode_text(part: email.message.MIMEPart) -> str:
     try:
         content = part.get_content()
     except (LookupError, UnicodeError, KeyError):
@@ -194,14 +194,16 @@ def _decode_text(part: email.message.EmailMessage) -> str:
     )
 
 
-def _payload(part: email.message.EmailMessage) -> bytes:
+def _payload(part: email.message.MIMEPart) -> bytes:
     if part.get_content_type() == "message/rfc822" and part.is_multipart():
-        return part.get_payload(0).as_bytes()
+        inner = part.get_payload(0)
+        assert isinstance(inner, email.message.Message)  # multipart: a list
+        return inner.as_bytes()
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 
 
-def _content_type(part: email.message.EmailMessage) -> str:
+def _content_type(part: email.message.MIMEPart) -> str:
     content_type = part.get_content_type()
     return (
         content_type
@@ -210,12 +212,12 @@ def _content_type(part: email.message.EmailMessage) -> str:
     )
 
 
-def _content_id(part: email.message.EmailMessage) -> str:
+def _content_id(part: email.message.MIMEPart) -> str:
     value = part.get("Content-ID")
     return str(value).strip().strip("<>") if value else ""
 
 
-def _filename(part: email.message.EmailMessage, index: int) -> str:
+def _filename(part: email.message.MIMEPart, index: int) -> str:
     try:
         name = part.get_filename()
     except Exception:  # a malformed parameter

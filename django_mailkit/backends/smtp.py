@@ -201,7 +201,8 @@ class EmailBackend(BaseEmailBackend):
     def _connect(self) -> smtplib.SMTP:
         params: dict[str, Any] = {
             # Django's cached FQDN: socket.getfqdn() can take seconds.
-            "local_hostname": str(django_message.DNS_NAME),
+            # (django-stubs omit django.core.mail.message's DNS_NAME import.)
+            "local_hostname": str(django_message.DNS_NAME),  # type: ignore[attr-defined]
         }
         if self.timeout is not None:
             params["timeout"] = self.timeout
