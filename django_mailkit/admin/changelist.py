@@ -7,7 +7,7 @@ the dashboard of recent messages by status.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.contrib import admin
@@ -22,7 +22,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..conf import mailers_setting
 from ..handler import mailers
-from ..models import Status
+from ..models import OutboxMessage, Status
 
 __all__ = [
     "MailerFilter",
@@ -33,7 +33,14 @@ __all__ = [
 ]
 
 
-class OutboxPaginator(Paginator):
+if TYPE_CHECKING:
+    # Generic in django-stubs only: not subscriptable at run time.
+    _PaginatorBase = Paginator[OutboxMessage]
+else:
+    _PaginatorBase = Paginator
+
+
+class OutboxPaginator(_PaginatorBase):
     """
     A paginator that never counts a whole large table.
 
@@ -47,6 +54,7 @@ class OutboxPaginator(Paginator):
     count_limit = 10_000
     count_is_estimate = False
     count_is_capped = False
+    object_list: QuerySet[OutboxMessage]
 
     @cached_property
     def count(self) -> int:

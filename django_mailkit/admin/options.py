@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
@@ -22,7 +22,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -41,15 +41,31 @@ from ..models import (
 )
 from .changelist import MailerFilter, OutboxChangeList, OutboxPaginator, dashboard
 from .display import ParsedMessage
-from .legacy import CHANGE_FORM_ACTIONS, OBJECT_ACTIONS, ObjectActionsMixin
+from .legacy import (
+    CHANGE_FORM_ACTIONS,
+    OBJECT_ACTIONS,
+    ObjectAction,
+    ObjectActionsMixin,
+)
 from .views import MessageViewsMixin
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
+    # Generic in django-stubs only: not subscriptable at run time.
+    _ModelAdminBase = admin.ModelAdmin[OutboxMessage]
+else:
+    _ModelAdminBase = admin.ModelAdmin
 
 __all__ = ["OutboxMessageAdmin", "resend_messages"]
 
 
 def outbox_action(
-    *, permission: str, description: str, description_plural: str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    *,
+    permission: str,
+    description: StrOrPromise,
+    description_plural: StrOrPromise,
+) -> Callable[[Callable[..., Any]], ObjectAction]:
     """Declare an action on the changelist and (Django 6.1) the change form."""
     if CHANGE_FORM_ACTIONS:
         from django.contrib.admin import ActionLocation
@@ -62,16 +78,18 @@ def outbox_action(
     else:  # RemovedWithDjango61Minimum
         kwargs = {"description": description_plural}
 
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        func = admin.action(permissions=[permission], **kwargs)(func)
-        func.singular_description = description  # RemovedWithDjango61Minimum
-        return func
+    def decorate(func: Callable[..., Any]) -> ObjectAction:
+        action = cast(
+            ObjectAction, admin.action(permissions=[permission], **kwargs)(func)
+        )
+        action.singular_description = description  # RemovedWithDjango61Minimum
+        return action
 
     return decorate
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin):
+class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase):
     list_display = [
         "display_subject",
         "display_recipients",
@@ -132,8 +150,11 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin
             },
         ),
     ]
+    # Only names in these fieldsets (no tuples of names).
     readonly_fields = [
-        field for _name, options in fieldsets for field in options["fields"]
+        field  # type: ignore[misc]
+        for _name, options in fieldsets
+        for field in options["fields"]
     ]
     change_list_template = "django_mailkit/admin/change_list.html"
     change_form_template = "django_mailkit/admin/change_form.html"
@@ -144,7 +165,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin
     # Columns.
 
     @admin.display(description=_("subject"))
-    def display_subject(self, obj: OutboxMessage) -> str:
+    def display_subject(self, obj: OutboxMessage) -> StrOrPromise:
         return obj.subject or _("(no subject)")
 
     @admin.display(description=_("recipients"))
@@ -360,9 +381,11 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin
             )
         return done
 
-    def _log(self, request: HttpRequest, ids: list[int], message: str) -> None:
+    def _log(self, request: HttpRequest, ids: list[int], message: StrOrPromise) -> None:
+        user_id = request.user.pk
+        assert user_id is not None  # the admin's views need a signed-in user
         LogEntry.objects.log_actions(
-            user_id=request.user.pk,
+            user_id=user_id,
             queryset=list(self.model.objects.filter(pk__in=ids).only("pk", "subject")),
             action_flag=CHANGE,
             change_message=str(message),
@@ -370,7 +393,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, admin.ModelAdmin
 
     def response_action(
         self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
-    ) -> HttpResponseBase | None:
+    ) -> HttpResponse | None:
         self._refuse_forged_actions(request)
         return super().response_action(request, queryset, *args, **kwargs)
 

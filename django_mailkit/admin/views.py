@@ -8,7 +8,7 @@ get_urls``) and checks its permission before it looks anything up.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.admin import helpers
@@ -27,8 +27,22 @@ from .display import ParsedMessage, eml_response, part_response, preview_respons
 __all__ = ["MessageViewsMixin"]
 
 
-class MessageViewsMixin:
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin
+
+    # Checked as the ModelAdmin it is mixed into.
+    _MixinBase = ModelAdmin[OutboxMessage]
+else:
+    _MixinBase = object
+
+
+class MessageViewsMixin(_MixinBase):
     """The views of ``OutboxMessageAdmin`` beyond Django's own."""
+
+    if TYPE_CHECKING:  # provided by OutboxMessageAdmin
+
+        def _url(self, name: str, *args: Any) -> str: ...
+        def has_send_test_email_permission(self, request: HttpRequest) -> bool: ...
 
     send_test_email_template = "django_mailkit/admin/send_test_email.html"
 
@@ -91,8 +105,12 @@ class MessageViewsMixin:
             **self.admin_site.each_context(request),
             "title": _("Send a test email"),
             "form": form,
+            # The stubs want a ModelForm; any form renders (all its fields).
             "adminform": helpers.AdminForm(
-                form, [(None, {"fields": list(form.fields)})], {}, model_admin=self
+                form,  # type: ignore[arg-type]
+                [(None, {"fields": list(form.fields)})],
+                {},
+                model_admin=self,
             ),
             "opts": self.opts,
             "has_view_permission": self.has_view_permission(request),

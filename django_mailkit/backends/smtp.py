@@ -467,7 +467,7 @@ class Job:
     """One message, ready for the wire."""
 
     sender: str
-    recipients: list[str]
+    recipients: Sequence[str]
     data: bytes
     smtputf8: bool = False
     message: Any = None
