@@ -11,9 +11,11 @@ backend and, for attempt histories and test emails, to an aiosmtpd server.
 from __future__ import annotations
 
 import base64
+import html
 import re
 from datetime import timedelta
 from email.message import MIMEPart
+from functools import partial
 from html.parser import HTMLParser
 
 import django
@@ -161,6 +163,33 @@ def action_post(action, *records, **extra):
         "index": 0,
         **extra,
     }
+
+
+def confirm_form(page):
+    """The confirmation page's form: the fields it posts back."""
+    form = re.search(r'<form method="post">(.*?)</form>', page, re.S).group(1)
+    return [
+        (name, html.unescape(value))
+        for name, value in re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form
+        )
+        if name != "csrfmiddlewaretoken"
+    ]
+
+
+def post_confirmed(client, url, data, **kwargs):
+    """Post a risky action, check that it asks first, and confirm it."""
+    before = snapshot()
+    response = client.post(url, data)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'name="post" value="yes"' in page
+    assert snapshot() == before  # nothing happens before the confirmation
+    fields = confirm_form(page)
+    data = {}
+    for name, value in fields:
+        data.setdefault(name, []).append(value)
+    return client.post(url, data, **kwargs)
 
 
 # Every custom view of the admin, and who may use it.
@@ -365,8 +394,9 @@ class TestActions:
         client = staff("view_outboxmessage", permission)
         page = client.get(admin_url("changelist")).content.decode()
         assert action_choices(page) == [action]
+        post = client.post if action == "cancel" else partial(post_confirmed, client)
         with django_capture_on_commit_callbacks(execute=True):
-            response = client.post(admin_url("changelist"), action_post(action, record))
+            response = post(admin_url("changelist"), action_post(action, record))
         assert response.status_code == 302
         record.refresh_from_db()
         assert record.status == after
@@ -405,6 +435,21 @@ class TestActions:
         assert response.status_code == 302
         record.refresh_from_db()
         assert record.status == Status.CANCELLED
+        # Resend asks first, and comes back to the message page.
+        set_status(record, Status.SENT)
+        url = admin_url("change", record.pk)
+        response = superuser_client.post(
+            url, {"CHANGE_FORM-action": "resend", "_selected_action": record.pk}
+        )
+        page = response.content.decode()
+        assert f'href="{url}" class="button cancel-link"' in page
+        response = post_confirmed(
+            superuser_client,
+            url,
+            {"CHANGE_FORM-action": "resend", "_selected_action": record.pk},
+        )
+        assert response.status_code == 302
+        assert OutboxMessage.objects.filter(resent_from=record).count() == 1
 
 
 @pytest.mark.skipif(CHANGE_FORM_ACTIONS, reason="Django 6.1 has change-form actions")
@@ -437,8 +482,9 @@ class TestMessagePageButtons:
         client = staff("view_outboxmessage", permission, username="allowed")
         assert client.get(url).status_code == 405
         assert snapshot() == before
+        post = client.post if action == "cancel" else partial(post_confirmed, client)
         with django_capture_on_commit_callbacks(execute=True):
-            response = client.post(url)
+            response = post(url, {})
         assert response.status_code == 302
         assert response["Location"] == admin_url("change", record.pk)
         record.refresh_from_db()
@@ -474,8 +520,11 @@ class TestResend:
             outbox_mailers(USE_TASKS=True),
             django_capture_on_commit_callbacks(execute=True),
         ):
-            response = superuser_client.post(
-                admin_url("changelist"), action_post("resend", original), follow=True
+            response = post_confirmed(
+                superuser_client,
+                admin_url("changelist"),
+                action_post("resend", original),
+                follow=True,
             )
         copy = OutboxMessage.objects.exclude(pk=original.pk).get()
         assert bytes(copy.mime) == bytes(original.mime)
@@ -522,7 +571,9 @@ class TestResend:
         queued = queue()
         sending = set_status(queue(), Status.SENDING)
         response = superuser_client.post(
-            admin_url("changelist"), action_post("resend", queued, sending), follow=True
+            admin_url("changelist"),
+            action_post("resend", queued, sending, post="yes"),
+            follow=True,
         )
         assert OutboxMessage.objects.count() == 2
         assert "2 messages are still queued or being sent" in response.content.decode()
@@ -538,6 +589,66 @@ class TestResend:
         assert {c.status for c in copies} == {Status.QUEUED}
 
 
+class TestConfirmation:
+    """Resend and requeue ask first, as delete_selected does."""
+
+    def test_resend_lists_the_messages_and_explains(self, superuser_client):
+        sent = set_status(queue("Receipt <1>", to=["ann@example.com"]), Status.SENT)
+        queued = queue("Still queued")
+        before = snapshot()
+        response = superuser_client.post(
+            admin_url("changelist"), action_post("resend", sent, queued)
+        )
+        page = response.content.decode()
+        assert snapshot() == before
+        assert "<title>Resend 1 message?" in page
+        assert (
+            f'<a href="{admin_url("change", sent.pk)}">{sent.pk}: Receipt &lt;1&gt;'
+            in page
+        )
+        assert "ann@example.com" in page
+        assert "<strong>its whole envelope</strong>" in page
+        assert "requeue it instead" in page
+        assert "1 selected message is still queued or being sent" in page
+        assert sorted(confirm_form(page)) == sorted(
+            [
+                ("action", "resend"),
+                ("_selected_action", str(sent.pk)),
+                ("_selected_action", str(queued.pk)),
+                ("post", "yes"),
+            ]
+        )
+
+    def test_requeue_says_whether_partially_sent_messages_are_included(
+        self, superuser_client
+    ):
+        failed = set_status(queue("Failed"), Status.FAILED)
+        partial_ = set_status(queue("Partial"), Status.PARTIAL)
+        page = superuser_client.post(
+            admin_url("changelist"), action_post("requeue", failed, partial_)
+        ).content.decode()
+        assert "<title>Requeue 2 messages?" in page
+        assert "<strong>the recipients that have not accepted them</strong>" in page
+        assert "This includes 1 partially sent message" in page
+        assert "resend it instead" in page
+        page = superuser_client.post(
+            admin_url("changelist"), action_post("requeue", failed)
+        ).content.decode()
+        assert "No partially sent message is selected." in page
+
+    def test_the_action_names_say_what_requeue_takes(self, superuser_client):
+        page = superuser_client.get(admin_url("changelist")).content.decode()
+        assert "Requeue selected failed or partially sent outbox messages" in page
+
+    def test_nothing_applicable_offers_no_button(self, superuser_client):
+        queued = queue()
+        page = superuser_client.post(
+            admin_url("changelist"), action_post("resend", queued)
+        ).content.decode()
+        assert "Yes, resend" not in page
+        assert "No, take me back" in page
+
+
 class TestRequeueAndCancel:
     def test_requeue_failed_delivers_again(
         self, superuser_client, django_capture_on_commit_callbacks
@@ -548,7 +659,8 @@ class TestRequeueAndCancel:
             outbox_mailers(USE_TASKS=True),
             django_capture_on_commit_callbacks(execute=True),
         ):
-            response = superuser_client.post(
+            response = post_confirmed(
+                superuser_client,
                 admin_url("changelist"),
                 action_post("requeue", failed, sent),
                 follow=True,
@@ -566,7 +678,8 @@ class TestRequeueAndCancel:
         # The selection is "every failed message": the action changes that.
         failed = [set_status(queue(f"F{i}"), Status.FAILED) for i in range(3)]
         set_status(queue("Sent"), Status.SENT)
-        response = superuser_client.post(
+        response = post_confirmed(
+            superuser_client,
             admin_url("changelist") + "?status__exact=failed",
             {**action_post("requeue", failed[0]), "select_across": "1"},
             follow=True,
@@ -1085,6 +1198,27 @@ class TestChangelist:
         ).content.decode()
         assert page.count('class="action-select"') == 2
 
+    def test_the_reason_for_a_failure(self, superuser_client):
+        reason = (
+            "refused-frank@example.com: 550 5.1.1 <refused-frank@example.com>: "
+            "Recipient address rejected: User unknown in virtual mailbox table; "
+            "refused-grace@example.com: 550 5.1.1 no such user"
+        )
+        failed = set_status(queue("Bounced"), Status.FAILED)
+        OutboxMessage.objects.filter(pk=failed.pk).update(last_error=reason)
+        queue("Fine")
+        page = superuser_client.get(admin_url("changelist")).content.decode()
+        cells = re.findall(r'<td class="field-display_error">(.*?)</td>', page, re.S)
+        # Newest first: "Fine" has no error to show.
+        assert len(cells) == 2
+        assert "mailkit-last-error" not in cells[0]
+        cell = cells[1]
+        # Shortened in the column, whole on hover.
+        assert f'title="{escape(reason)}"' in cell
+        shown = html.unescape(re.search(r">([^<]*)</span>", cell).group(1))
+        assert shown.startswith("refused-frank@example.com: 550 5.1.1")
+        assert shown.endswith("…") and len(shown) <= 90
+
     def test_search(self, superuser_client):
         ann = queue("Your receipt", to=["ann@example.com"])
         bob = queue(
@@ -1103,9 +1237,11 @@ class TestChangelist:
 
         assert found("receipt") == [ann.pk]
         assert found("ann@example.com") == [ann.pk]
-        # Addresses match as typed or in lower case (what the index holds).
         assert found("Ann@Example.COM") == [ann.pk]
-        assert found("ann@example") == []  # whole addresses only
+        assert found("ann@example") == [ann.pk]  # part of an address
+        frank = queue("Bounce", to=["refused-frank@example.com"])
+        assert found("frank") == [frank.pk]
+        assert found("FRANK") == [frank.pk]
         assert found("bob@example.com") == [bob.pk]
         assert found("<reset.1@site.example>") == [bob.pk]
         assert found("reset.1@site.example") == [bob.pk]

@@ -32,6 +32,14 @@ from ..models import FINAL_STATUSES, OutboxMessage, Status
 #: Django runs actions from the change form itself (6.1 and later).
 CHANGE_FORM_ACTIONS = django.VERSION >= (6, 1)
 
+#: Django 6.1 marks breadcrumbs up as a list; 5.2 and 6.0 as a div with
+#: separators, and their CSS styles only that.
+OL_BREADCRUMBS = CHANGE_FORM_ACTIONS
+
+#: On 5.2 and 6.0, the changelist's object tools float over the top of the
+#: content; the dashboard goes below them.
+TOOLS_IN_CONTENT = not CHANGE_FORM_ACTIONS
+
 #: The actions that apply to one message, with the statuses they apply to.
 OBJECT_ACTIONS = {
     "resend": FINAL_STATUSES,

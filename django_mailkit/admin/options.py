@@ -27,7 +27,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
-from django.utils.text import smart_split, unescape_string_literal
+from django.utils.text import Truncator, smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
 from django.views.decorators.clickjacking import xframe_options_sameorigin
@@ -44,6 +44,7 @@ from .display import ParsedMessage
 from .legacy import (
     CHANGE_FORM_ACTIONS,
     OBJECT_ACTIONS,
+    TOOLS_IN_CONTENT,
     ObjectAction,
     ObjectActionsMixin,
 )
@@ -58,6 +59,9 @@ else:
     _ModelAdminBase = admin.ModelAdmin
 
 __all__ = ["OutboxMessageAdmin", "resend_messages"]
+
+#: How much of a message's last error the changelist shows.
+ERROR_COLUMN_CHARS = 90
 
 
 def outbox_action(
@@ -98,6 +102,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         "attempts",
         "display_created",
         "display_sent",
+        "display_error",
     ]
     list_display_links = ["display_subject"]
     list_filter = [
@@ -108,7 +113,8 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
     # The default search is replaced (get_search_results); this shows the box.
     search_fields = ["subject"]
     search_help_text = _(
-        "Words in the subject, a whole recipient address, or a Message-ID."
+        "Words in the subject, part of a recipient address (“frank” finds "
+        "refused-frank@example.com), or a Message-ID."
     )
     ordering = ["-created_at", "-id"]
     # Only what an index orders: sorting a large table otherwise is a full sort.
@@ -185,6 +191,17 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
     def display_sent(self, obj: OutboxMessage) -> str | None:
         return _short_datetime(obj.sent_at) if obj.sent_at else None
 
+    @admin.display(description=_("last error"))
+    def display_error(self, obj: OutboxMessage) -> str | None:
+        """The reason for a failure, shortened; the whole text on hover."""
+        if not obj.last_error:
+            return None
+        return format_html(
+            '<span class="mailkit-last-error" title="{}">{}</span>',
+            obj.last_error,
+            Truncator(" ".join(obj.last_error.split())).chars(ERROR_COLUMN_CHARS),
+        )
+
     @admin.display(description=_("envelope recipients"))
     def display_envelope(self, obj: OutboxMessage) -> str:
         return ", ".join(obj.recipients)
@@ -206,28 +223,26 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
     ) -> tuple[QuerySet[Any], bool]:
         """
-        Match every word: in the subject, or as a whole address or Message-ID.
+        Match every word: in the subject, in a recipient's address, or as a
+        whole Message-ID.
 
-        Addresses and Message-IDs are matched exactly (the domain of an
-        address case-insensitively), so that the indexes answer them on a
-        table of millions of messages.
+        On PostgreSQL with ``pg_trgm``, trigram indexes (migration 0004)
+        answer the substring matches on a table of millions of messages;
+        elsewhere they scan. A Message-ID is matched exactly, by its index.
         """
         for word in smart_split(search_term):
             if word[:1] in "\"'" and word[-1:] == word[:1] and len(word) > 1:
                 word = unescape_string_literal(word)
             if not word:
                 continue
-            condition = Q(subject__icontains=word)
+            condition = Q(subject__icontains=word) | Q(
+                pk__in=Recipient.objects.filter(address__icontains=word).values(
+                    "message"
+                )
+            )
             if "@" in word:
                 bare = word.strip("<>")
-                local, _at, domain = bare.rpartition("@")
-                addresses = {bare, f"{local}@{domain.lower()}", bare.lower()}
                 condition |= Q(message_id__in=[f"<{bare}>", bare])
-                condition |= Q(
-                    pk__in=Recipient.objects.filter(address__in=addresses).values(
-                        "message"
-                    )
-                )
             queryset = queryset.filter(condition)
         return queryset, False
 
@@ -267,8 +282,14 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         description=_("Resend"),
         description_plural=_("Resend selected %(verbose_name_plural)s"),
     )
-    def resend(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    def resend(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
         """Queue a copy of each finished message: the same bytes and envelope."""
+        if request.POST.get("post") != "yes":
+            return self.confirm_action(
+                request, queryset, "resend", applicable=FINAL_STATUSES
+            )
         # Counted first: the selection may be a filter the action changes.
         total = queryset.count()
         created = resend_messages(queryset.filter(status__in=FINAL_STATUSES))
@@ -277,14 +298,13 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
             self._log(request, [old for old, _new in created], _("Resent."))
         if len(created) == 1:
             ((_old, new),) = created
-            url = reverse(
-                f"{self.admin_site.name}:{self.opts.app_label}_"
-                f"{self.opts.model_name}_change",
-                args=[quote(new)],
-            )
             self.message_user(
                 request,
-                format_html('Resent as <a href="{}">message {}</a>.', url, new),
+                format_html(
+                    'Resent as <a href="{}">message {}</a>.',
+                    self._url("change", quote(new)),
+                    new,
+                ),
                 messages.SUCCESS,
             )
         elif created:
@@ -306,19 +326,29 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 % skipped,
                 messages.WARNING,
             )
+        return None
 
     @outbox_action(
         permission="requeue",
         description=_("Requeue"),
-        description_plural=_("Requeue selected failed %(verbose_name_plural)s"),
+        description_plural=_(
+            "Requeue selected failed or partially sent %(verbose_name_plural)s"
+        ),
     )
-    def requeue(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        """Queue failed (or partially sent) messages again, right away."""
+    def requeue(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
+        """Retry failed and partially sent messages, for who has not accepted them."""
+        if request.POST.get("post") != "yes":
+            return self.confirm_action(
+                request, queryset, "requeue", applicable=OBJECT_ACTIONS["requeue"]
+            )
         self._apply(
             request,
             queryset,
             OBJECT_ACTIONS["requeue"],
-            OutboxMessage.requeue,
+            lambda selection: selection.requeue(include_partial=True),
+            after=Status.QUEUED,
             logged=_("Requeued."),
             done_text=ngettext_lazy(
                 "Requeued %(count)d message.", "Requeued %(count)d messages.", "count"
@@ -329,6 +359,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 "count",
             ),
         )
+        return None
 
     @outbox_action(
         permission="cancel",
@@ -341,7 +372,8 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
             request,
             queryset,
             [Status.QUEUED],
-            OutboxMessage.cancel,
+            lambda selection: selection.cancel(),
+            after=Status.CANCELLED,
             logged=_("Cancelled."),
             done_text=ngettext_lazy(
                 "Cancelled %(count)d message.", "Cancelled %(count)d messages.", "count"
@@ -358,17 +390,25 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         request: HttpRequest,
         queryset: QuerySet[Any],
         statuses: Any,
-        change: Callable[[Any], bool],
+        change: Callable[[Any], int],
         *,
+        after: str,
         logged: Any,
         done_text: Any,
         skipped_text: Any,
     ) -> list[int]:
-        """Apply a conditional state change to the selection; report both counts."""
+        """Apply a queryset state change to the selection; report both counts."""
         # Counted first: the selection may be a filter the action changes.
         total = queryset.count()
-        candidates = list(queryset.filter(status__in=statuses).only("pk", "status"))
-        done = [message.pk for message in candidates if change(message)]
+        ids = list(queryset.filter(status__in=statuses).values_list("pk", flat=True))
+        done: list[int] = []
+        if ids and change(self.model.objects.filter(pk__in=ids)):
+            # Those the change applied to (a worker may have taken one meanwhile).
+            done = list(
+                self.model.objects.filter(pk__in=ids, status=after).values_list(
+                    "pk", flat=True
+                )
+            )
         skipped = total - len(done)
         if done:
             self._log(request, done, logged)
@@ -469,6 +509,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         context = {
             # Evaluated when rendered, after Django's permission check.
             "mailkit_dashboard": partial(self.dashboard, request),
+            "mailkit_tools_in_content": TOOLS_IN_CONTENT,
             "mailkit_send_test_email_url": (
                 self._url("send_test_email")
                 if self.has_send_test_email_permission(request)

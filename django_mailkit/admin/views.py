@@ -14,15 +14,18 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from ..forms import SendTestEmailForm
-from ..models import OutboxMessage
+from ..models import OutboxMessage, Status
 from ..testemail import send_test_email
 from .display import ParsedMessage, eml_response, part_response, preview_response
+from .legacy import OL_BREADCRUMBS
 
 __all__ = ["MessageViewsMixin"]
 
@@ -114,10 +117,81 @@ class MessageViewsMixin(_MixinBase):
             ),
             "opts": self.opts,
             "has_view_permission": self.has_view_permission(request),
+            "ol_breadcrumbs": OL_BREADCRUMBS,
             "media": self.media + form.media,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.send_test_email_template, context)
+
+    confirm_action_template = "django_mailkit/admin/confirm_action.html"
+    #: The confirmation page lists this many messages at most.
+    confirm_max_listed = 100
+
+    def confirm_action(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        action: str,
+        *,
+        applicable: Any,
+    ) -> TemplateResponse:
+        """
+        The page that asks before a risky action runs, as ``delete_selected``.
+
+        It lists the selection and posts the same action back with
+        ``post=yes``. Nothing is changed until then.
+        """
+        total = queryset.count()
+        fields = ["pk", "subject", "recipients", "status", "last_error", "created_at"]
+        listed = list(queryset.only(*fields)[: self.confirm_max_listed])
+        counts = dict(
+            queryset.order_by()
+            .values_list("status")
+            .annotate(count=Count("pk"))
+            .values_list("status", "count")
+        )
+        will = sum(count for status, count in counts.items() if status in applicable)
+        single = len(listed) == 1 and total == 1
+        if single and not request.path.endswith(self._url("changelist")):
+            back = self._url("change", quote(listed[0].pk))
+        else:
+            back = request.get_full_path()
+        count = {"count": will}
+        if action == "resend":
+            title = ngettext(
+                "Resend %(count)d message?", "Resend %(count)d messages?", will
+            )
+        else:
+            title = ngettext(
+                "Requeue %(count)d message?", "Requeue %(count)d messages?", will
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title % count,
+            "subtitle": None,
+            "opts": self.opts,
+            "action": action,
+            "objects": [
+                {"object": obj, "url": self._url("change", quote(obj.pk))}
+                for obj in listed
+            ],
+            "total": total,
+            "more": total - len(listed),
+            "will": will,
+            "skipped": total - will,
+            "partial": counts.get(Status.PARTIAL, 0),
+            "hidden": [
+                (name, value)
+                for name, values in request.POST.lists()
+                if name not in ("csrfmiddlewaretoken", "post", "index")
+                for value in values
+            ],
+            "back_url": back,
+            "ol_breadcrumbs": OL_BREADCRUMBS,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.confirm_action_template, context)
 
     def _describe(self, request: HttpRequest, result: Any) -> Any:
         text = result.describe()
