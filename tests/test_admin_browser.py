@@ -377,6 +377,10 @@ def test_the_admin_end_to_end(page, live_server, outbox):
         page.get_by_role("button", name="Run").click()
     else:
         page.get_by_role("button", name="Resend").click()
+    # It asks first, explaining what resend does.
+    page.wait_for_selector(".mailkit-confirm-page")
+    assert "its whole envelope" in page.locator(".mailkit-explain").inner_text()
+    page.get_by_role("button", name="Yes, resend").click()
     page.locator(".messagelist .success").wait_for()
     assert "Resent as message" in page.locator(".messagelist").inner_text()
     copy = OutboxMessage.objects.exclude(pk__in=[m.pk for m in messages.values()]).get()
