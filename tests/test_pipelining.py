@@ -162,3 +162,18 @@ def test_extra_connections_refused_by_the_server(server):
         assert mailers.default.send_messages(messages) == 32
     assert subjects(server) == sorted(m.subject for m in messages)
     assert all(m.smtp_error is None for m in messages)
+
+
+def test_outcome_attributes_before_and_after_sending(server):
+    """Declared on the class: readable before a send, each send sets its own."""
+    first, second = batch(2)
+    assert first.smtp_error is None
+    assert first.refused_recipients == {}
+    with pytest.raises(TypeError):  # the class default is shared: read-only
+        first.refused_recipients["x@example.com"] = (550, "no")
+    second.to.append("refused-user@example.com")
+    with configure(server):
+        assert mailers.default.send_messages([first, second]) == 2
+    assert first.refused_recipients == {}
+    assert list(second.refused_recipients) == ["refused-user@example.com"]
+    assert EmailMessage.refused_recipients == {}
