@@ -5,6 +5,20 @@ Task entry points for Django's Tasks framework.
 installed. A task takes only an outbox primary key: the message itself stays
 in the database. Import this module lazily (the outbox backend does, at
 commit time), never from models or the package root.
+
+``deliver_message`` is the Task itself: a queueing backend stores the task's
+module path (``django_mailkit.tasks.deliver_message``) and its workers import
+that path back, so it must name the Task, not the function behind it. The
+plain function is ``deliver_message_now``.
+
+Failures retry through the outbox, not through the task backend: the task
+records the attempt and its outcome on the message, and a message that is to
+be retried gets a new task at its due time when the backend can defer
+(``supports_defer``); otherwise ``mailkit_worker`` picks it up when it is
+due. A task that dies (its worker killed, the database gone) leaves the
+message claimed; when the claim's lease runs out, ``mailkit_worker`` takes
+it over. The task backend's own retry mechanisms, if it has any, are never
+needed, and a lost task never loses a message.
 """
 
 from __future__ import annotations
@@ -64,10 +78,32 @@ def deliver_message(outbox_id: int) -> str:
     )
 
 
-if task is not None:
-    deliver_message_task: Any = task(deliver_message)
-else:
-    deliver_message_task = None
+#: The plain function: delivers right now, in this process.
+deliver_message_now = deliver_message
+
+
+def _make_task() -> Any:
+    """Wrap ``deliver_message`` in a Task, or return None if that can't be done."""
+    if task is None:
+        return None
+    try:
+        return task(deliver_message_now, backend=conf.task_backend())
+    except Exception:
+        # A TASKS setting that can't be used must not stop mailkit_worker,
+        # which imports this module: delivery then waits for the worker.
+        logger.exception(
+            "Could not create the delivery task for TASKS[%r]; queued messages "
+            "wait for mailkit_worker.",
+            conf.task_backend(),
+        )
+        return None
+
+
+#: The delivery Task, under the name its module path points to. Without the
+#: Tasks framework (or when it can't be used), the plain function.
+deliver_message_task: Any = _make_task()
+if deliver_message_task is not None:
+    deliver_message = deliver_message_task  # type: ignore[assignment]
 
 
 def _backend_supports_defer() -> bool:
@@ -77,11 +113,20 @@ def _backend_supports_defer() -> bool:
         return False
 
 
+def _delivery_task() -> Any:
+    if deliver_message_task is None:
+        raise RuntimeError(
+            "The delivery task could not be created (the error was logged "
+            "when django_mailkit.tasks was imported)."
+        )
+    return deliver_message_task.using(backend=conf.task_backend())
+
+
 def _schedule_retry(outbox_id: int) -> None:
     """Enqueue the next attempt at its due time, if the task backend can."""
     from .models import OutboxMessage
 
-    if deliver_message_task is None or not _backend_supports_defer():
+    if task is None or not _backend_supports_defer():
         return  # mailkit_worker picks it up when it is due.
     due = (
         OutboxMessage.objects.filter(pk=outbox_id)
@@ -89,9 +134,7 @@ def _schedule_retry(outbox_id: int) -> None:
         .first()
     )
     if due is not None:
-        deliver_message_task.using(backend=conf.task_backend(), run_after=due).enqueue(
-            outbox_id
-        )
+        _delivery_task().using(run_after=due).enqueue(outbox_id)
 
 
 def enqueue_delivery(outbox_ids: Iterable[int]) -> None:
@@ -109,12 +152,10 @@ def enqueue_delivery(outbox_ids: Iterable[int]) -> None:
         return
     for outbox_id in outbox_ids:
         try:
-            if deliver_message_task is None:
-                deliver_message(outbox_id)
+            if task is None:
+                deliver_message_now(outbox_id)
             else:
-                deliver_message_task.using(backend=conf.task_backend()).enqueue(
-                    outbox_id
-                )
+                _delivery_task().enqueue(outbox_id)
         except Exception:
             logger.exception(
                 "Could not start delivering outbox message %s; it stays "
