@@ -103,7 +103,7 @@ def _make_task() -> Any:
 #: Tasks framework (or when it can't be used), the plain function.
 deliver_message_task: Any = _make_task()
 if deliver_message_task is not None:
-    deliver_message = deliver_message_task  # type: ignore[assignment]
+    deliver_message = deliver_message_task
 
 
 def _backend_supports_defer() -> bool:
