@@ -39,10 +39,11 @@ from django.utils import timezone
 
 from . import conf
 from .backends.base import BaseEmailBackend
-from .backends.smtp import decode_reply
+from .envelope import stored_envelope
 from .handler import mailers
 from .message import EmailMessage
 from .models import Attempt, OutboxMessage, Recipient, RecipientStatus, Status
+from .smtp_session import Transmission, accepted, decode_reply
 
 if TYPE_CHECKING:
     from django.db.models.options import Options
@@ -230,52 +231,81 @@ def _attempt(
 ) -> Outcome:
     if not pending:
         return Outcome("sent")
+    # The stored row is not trusted: an address that fails the envelope
+    # check (a tampered or migrated row) fails that recipient, here, and
+    # never reaches the wire; the others go ahead.
+    try:
+        envelope, invalid = stored_envelope(record.from_email, pending)
+    except (ValueError, TypeError) as exc:
+        return Outcome("failed", error=f"Not sent: {exc}")
+    refused: dict[str, tuple[int | None, str]] = {
+        address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
+        for address, reason in invalid.items()
+    }
+    if not envelope.recipients:
+        return Outcome("failed", replies=refused, error="; ".join(invalid.values()))
     if isinstance(backend, Exception):
-        return _failure(backend)
+        outcome = _failure(backend)
+    else:
+        outcome = _send(record, backend, envelope)
+    outcome.replies.update(refused)
+    return outcome
+
+
+#: Recorded for a recipient whose stored address fails the envelope check:
+#: RFC 5321's "mailbox syntax incorrect", though no server was asked.
+INVALID_ADDRESS_CODE = 553
+
+
+def _send(record: OutboxMessage, backend: BaseEmailBackend, envelope: Any) -> Outcome:
     try:
         transmit = getattr(backend, "transmit", None)
         if transmit is not None:
             # SMTP: the exact stored bytes, and every server reply.
-            transmission = transmit(
-                record.from_email,
-                pending,
-                bytes(record.mime),
-                smtputf8=not all(a.isascii() for a in [record.from_email, *pending]),
-            )
-            return _smtp_outcome(transmission)
-        if backend.send_messages([StoredMessage(record, pending)]):
-            return Outcome("sent", replies={address: (None, "") for address in pending})
+            return _smtp_outcome(transmit(envelope, bytes(record.mime)), envelope)
+        stored = StoredMessage(record, list(envelope.recipients))
+        if backend.send_messages([stored]):
+            replies = {address: (None, "") for address in envelope.recipients}
+            return Outcome("sent", replies=dict(replies))
         return Outcome("retry", error="The mailer reported the message as not sent.")
     except Exception as exc:
         return _failure(exc)
 
 
-def _smtp_outcome(transmission: Any) -> Outcome:
+def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
+    # Each recipient's reply is the one that decided it (RCPT's, or the
+    # reply to its transaction's DATA).
     replies: dict[str, tuple[int | None, str]] = {
-        address: (code, decode_reply(reply))
-        for address, (code, reply) in transmission.replies.items()
+        str(address): (code, decode_reply(text))
+        for address, (code, text) in transmission.replies.items()
     }
     code: int | None = None
     reply = ""
     if transmission.data_reply is not None:
-        code, reply = (
-            transmission.data_reply[0],
-            decode_reply(transmission.data_reply[1]),
-        )
-        # DATA's answer is the answer for every recipient RCPT accepted.
-        for address, (rcpt_code, _) in list(replies.items()):
-            if rcpt_code is not None and 200 <= rcpt_code < 300:
-                replies[address] = (code, reply)
+        code = transmission.data_reply.code
+        reply = decode_reply(transmission.data_reply.text)
+    error = ""
+    if transmission.error is not None:
+        # The connection was lost before some recipients were tried: they
+        # stay pending and are retried.
+        error = f"{type(transmission.error).__name__}: {transmission.error}"
     codes = [c for c, _ in replies.values() if c is not None]
-    if all(200 <= c < 300 for c in codes):
-        kind = "sent"
-    elif any(400 <= c < 500 for c in codes):
+    if transmission.error is not None or any(400 <= c < 500 for c in codes):
         kind = "retry"
-    elif any(200 <= c < 300 for c in codes):
+    elif all(accepted(c) for c in codes):
+        kind = "sent"
+    elif any(accepted(c) for c in codes):
         kind = "partial"
     else:
         kind = "failed"
-    return Outcome(kind, replies=replies, code=code, reply=reply)
+    return Outcome(
+        kind,
+        replies=replies,
+        code=code,
+        reply=reply,
+        error=error,
+        connection_lost=transmission.error is not None,
+    )
 
 
 def _failure(exc: BaseException) -> Outcome:
@@ -401,7 +431,7 @@ def _record(
 
 
 def _recipient_status(code: int | None) -> str:
-    if code is None or 200 <= code < 300:
+    if code is None or accepted(code):
         return RecipientStatus.SENT
     if 400 <= code < 500:
         return RecipientStatus.DEFERRED
