@@ -248,7 +248,7 @@ def _attempt(
         outcome = _failure(backend)
     else:
         outcome = _send(record, backend, envelope)
-    outcome.replies.update(refused)
+    outcome.replies = {**outcome.replies, **refused}
     return outcome
 
 

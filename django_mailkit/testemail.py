@@ -17,10 +17,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from .backends.smtp import decode_reply
 from .exceptions import InvalidMailer
 from .handler import mailers
 from .message import EmailMessage, make_msgid, to_address
+from .smtp_session import decode_reply
 
 __all__ = ["TestEmailResult", "build_test_email", "describe_error", "send_test_email"]
 

@@ -344,7 +344,7 @@ class EmailBackend(BaseEmailBackend):
             error = smtplib.SMTPDataError(*result.data_reply)
         if error is None:
             error = smtplib.SMTPRecipientsRefused(
-                {address: tuple(reply) for address, reply in refused.items()}
+                {address: (code, text) for address, (code, text) in refused.items()}
             )
         message.smtp_error = error
         return error
