@@ -10,7 +10,9 @@ from django.db.models import Count
 from django.utils import timezone
 
 from ... import conf
+from ...handler import mailers
 from ...models import FINAL_STATUSES, OutboxMessage, Status
+from ..options import MAX_COUNT, MAX_DAYS, MAX_ID, mailer_alias, printable, whole_number
 
 STATUSES = [value for value, _ in Status.choices]
 
@@ -25,25 +27,26 @@ class Command(BaseCommand):
         listing.add_argument("--status", choices=STATUSES, action="append")
         listing.add_argument("--using", metavar="ALIAS", help="Only this mailer.")
         listing.add_argument("--recipient", help="Only messages to this address.")
-        listing.add_argument("--limit", type=int, default=50)
+        # Numbers and aliases are checked in handle(), so that a bad value is
+        # one line (CommandError) from the shell and from call_command().
+        listing.add_argument("--limit", default=50, metavar="N")
 
         show = sub.add_parser("show", help="Show one message and its attempts.")
-        show.add_argument("id", type=int)
+        show.add_argument("id")
 
         requeue = sub.add_parser("requeue", help="Queue failed messages again.")
-        requeue.add_argument("ids", type=int, nargs="*")
+        requeue.add_argument("ids", nargs="*")
         requeue.add_argument(
             "--all-failed", action="store_true", help="Every failed message."
         )
         requeue.add_argument("--using", metavar="ALIAS", help="Only this mailer.")
 
         cancel = sub.add_parser("cancel", help="Cancel queued messages.")
-        cancel.add_argument("ids", type=int, nargs="+")
+        cancel.add_argument("ids", nargs="+")
 
         purge = sub.add_parser("purge", help="Delete old messages.")
         purge.add_argument(
             "--older-than",
-            type=int,
             metavar="DAYS",
             help="Age in days (default: MAILKIT['RETENTION_DAYS']).",
         )
@@ -56,6 +59,8 @@ class Command(BaseCommand):
         purge.add_argument("--dry-run", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options.get("using") is not None:
+            options["using"] = self._mailer(options["using"])
         getattr(self, f"handle_{options['action']}")(options)
 
     def handle_list(self, options: dict[str, Any]) -> None:
@@ -66,39 +71,43 @@ class Command(BaseCommand):
             qs = qs.filter(mailer=options["using"])
         if options["recipient"]:
             qs = qs.filter(recipient_set__address__iexact=options["recipient"])
-        rows = qs.order_by("-created_at", "-id")[: options["limit"]]
+        limit = whole_number("--limit", options["limit"], minimum=1, maximum=MAX_COUNT)
+        rows = qs.order_by("-created_at", "-id")[:limit]
         for m in rows:
+            recipients = m.recipients if isinstance(m.recipients, list) else []
             self.stdout.write(
                 f"{m.pk:>8}  {m.created_at:%Y-%m-%d %H:%M:%S}  {m.status:<9} "
-                f"{m.mailer:<12} {m.attempts:>2}  {', '.join(m.recipients)[:40]:<40}  "
-                f"{m.subject[:60]}"
+                f"{printable(m.mailer):<12} {m.attempts:>2}  "
+                f"{printable(', '.join(map(str, recipients)))[:40]:<40}  "
+                f"{printable(m.subject[:60])}"
             )
 
     def handle_show(self, options: dict[str, Any]) -> None:
         m = self._get(options["id"])
         out = self.stdout
-        out.write(f"Message {m.pk}: {m.subject}")
-        out.write(f"  Message-ID: {m.message_id}")
+        p = printable
+        out.write(f"Message {m.pk}: {p(m.subject)}")
+        out.write(f"  Message-ID: {p(m.message_id)}")
         out.write(f"  Status:     {m.status} after {m.attempts} attempt(s)")
-        out.write(f"  Mailer:     {m.mailer} (queued via {m.queued_via})")
-        out.write(f"  From:       {m.from_email}")
+        out.write(f"  Mailer:     {p(m.mailer)} (queued via {p(m.queued_via)})")
+        out.write(f"  From:       {p(m.from_email)}")
         out.write(f"  Created:    {m.created_at:%Y-%m-%d %H:%M:%S %Z}")
         if m.sent_at:
             out.write(f"  Sent:       {m.sent_at:%Y-%m-%d %H:%M:%S %Z}")
         if m.status == Status.QUEUED:
             out.write(f"  Next try:   {m.next_attempt_at:%Y-%m-%d %H:%M:%S %Z}")
         if m.last_error:
-            out.write(f"  Error:      {m.last_error}")
+            out.write(f"  Error:      {p(m.last_error)}")
         out.write("  Recipients:")
         for r in m.recipient_set.all():
-            reply = f" {r.smtp_code} {r.smtp_reply}" if r.smtp_code else ""
-            out.write(f"    {r.address}: {r.status}{reply}")
+            reply = f" {r.smtp_code} {p(r.smtp_reply)}" if r.smtp_code else ""
+            out.write(f"    {p(r.address)}: {r.status}{reply}")
         out.write("  Attempts:")
         for a in m.attempt_set.all():
-            reply = f" {a.smtp_code} {a.smtp_reply}" if a.smtp_code else ""
+            reply = f" {a.smtp_code} {p(a.smtp_reply)}" if a.smtp_code else ""
             out.write(
                 f"    #{a.number} {a.started_at:%Y-%m-%d %H:%M:%S} {a.outcome}{reply}"
-                + (f" ({a.error})" if a.error else "")
+                + (f" ({p(a.error)})" if a.error else "")
             )
 
     def handle_requeue(self, options: dict[str, Any]) -> None:
@@ -142,11 +151,17 @@ class Command(BaseCommand):
             )
 
     def handle_purge(self, options: dict[str, Any]) -> None:
-        days = options["older_than"]
-        if days is None:
+        if options["older_than"] is None:
             days = conf.retention_days()
-        if days < 0:
-            raise CommandError("--older-than must not be negative.")
+            if not 0 <= days <= MAX_DAYS:
+                raise CommandError(
+                    f"MAILKIT['RETENTION_DAYS'] must be from 0 to {MAX_DAYS} days "
+                    f"(got {days}); or give --older-than."
+                )
+        else:
+            days = whole_number(
+                "--older-than", options["older_than"], minimum=0, maximum=MAX_DAYS
+            )
         statuses = options["status"] or sorted(FINAL_STATUSES)
         cutoff = timezone.now() - timedelta(days=days)
         qs = OutboxMessage.objects.filter(status__in=statuses, created_at__lt=cutoff)
@@ -163,8 +178,17 @@ class Command(BaseCommand):
             f"Deleted {total} message(s) older than {days} days ({detail})."
         )
 
-    def _get(self, pk: int) -> OutboxMessage:
+    def _get(self, value: Any) -> OutboxMessage:
+        pk = whole_number("A message id", value, minimum=1, maximum=MAX_ID)
         try:
             return OutboxMessage.objects.get(pk=pk)
         except OutboxMessage.DoesNotExist:
             raise CommandError(f"No outbox message with id {pk}.") from None
+
+    def _mailer(self, alias: str) -> str:
+        """A configured mailer alias, or one that outbox rows still name."""
+        if alias in mailers.aliases():
+            return alias
+        if OutboxMessage.objects.filter(mailer=alias).exists():
+            return alias  # a mailer removed from the settings, still on record
+        return mailer_alias("--using", alias)
