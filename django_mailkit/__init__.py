@@ -5,11 +5,11 @@ Import from here what you would import from ``django.core.mail``.
 """
 
 from .exceptions import InvalidMailer, MailerDoesNotExist
-from .handler import mailers
+from .handler import DEFAULT_MAILER_ALIAS, mailers
+from .legacy import forbid_multi_line_headers
+from .legacy import package_getattr as __getattr__  # noqa: F401 (RemovedInDjango2028Warning)
 from .message import (
     DEFAULT_ATTACHMENT_MIME_TYPE,
-    DNS_NAME,
-    BadHeaderError,
     EmailAlternative,
     EmailAttachment,
     EmailMessage,
@@ -23,11 +23,13 @@ from .sending import (
     send_mail,
     send_mass_mail,
 )
+from .utils import DNS_NAME, CachedDnsName
 
 __all__ = [
     "DEFAULT_ATTACHMENT_MIME_TYPE",
+    "DEFAULT_MAILER_ALIAS",
     "DNS_NAME",
-    "BadHeaderError",
+    "CachedDnsName",
     "EmailAlternative",
     "EmailAttachment",
     "EmailMessage",
@@ -41,4 +43,10 @@ __all__ = [
     "make_msgid",
     "send_mail",
     "send_mass_mail",
+    # RemovedInDjango2028Warning: the rest (importing them warns, as in
+    # Django 6.1).
+    "BadHeaderError",
+    "SafeMIMEText",
+    "SafeMIMEMultipart",
+    "forbid_multi_line_headers",
 ]

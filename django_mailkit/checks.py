@@ -58,7 +58,7 @@ def check_mailers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if configs is None:
         return _check_mailer(
             DEFAULT_MAILER_ALIAS,
-            lambda: mailers.create_legacy(alias=DEFAULT_MAILER_ALIAS),
+            mailers.create_legacy,
         )
     errors: list[CheckMessage] = []
     # Django 6.1 reports a missing default itself (mail.W001).

@@ -9,7 +9,6 @@ default beside it.
 
 from __future__ import annotations
 
-from email.headerregistry import Address
 from typing import Any, TypeVar, overload
 
 import django
@@ -39,6 +38,10 @@ LEGACY_SMTP_SETTINGS = {
     "ssl_keyfile": "EMAIL_SSL_KEYFILE",
 }
 LEGACY_FILE_SETTINGS = {"file_path": "EMAIL_FILE_PATH"}
+#: Every setting Django 6.1 deprecates in favour of MAILERS.
+DEPRECATED_SETTINGS = frozenset(
+    {"EMAIL_BACKEND", *LEGACY_SMTP_SETTINGS.values(), *LEGACY_FILE_SETTINGS.values()}
+)
 
 _T = TypeVar("_T")
 
@@ -75,52 +78,34 @@ def mailers_setting() -> dict[str, dict[str, Any]] | None:
     return value
 
 
-def staff_addresses(setting: str) -> list[str | Address]:
+def staff_addresses(setting: str) -> list[str]:
     """
-    Return the addresses in ``ADMINS`` or ``MANAGERS``.
+    Return the addresses in ``ADMINS`` or ``MANAGERS``, as Django 6.1 does.
 
-    Both the current format (a list of address strings) and Django 5.2's
-    ``(name, address)`` pairs are accepted; a pair becomes an Address, so the
-    name is kept without formatting it into a string. Anything else raises
-    ImproperlyConfigured naming the setting and the offending item.
+    The setting is a list of address strings. Django 5.2's list of
+    ``(name, address)`` pairs is still accepted (deprecated): as in Django,
+    only the addresses are used. Anything else raises ImproperlyConfigured
+    with Django's sentence, then what is wrong.
     """
     value = getattr(settings, setting)
     if not value:
         return []
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise ImproperlyConfigured(
-            f"The {setting} setting must be a list of email address strings, "
-            f"not {type(value).__name__}."
-        )
-    addresses: list[str | Address] = []
-    has_pairs = False
+    # RemovedInDjango2028Warning: the pairs.
+    if isinstance(value, list | tuple) and all(
+        isinstance(item, list | tuple) and len(item) == 2 for item in value
+    ):
+        # Django 5.2 documents the pairs (its own mail_admins() needs them),
+        # so only warn where Django deprecates them.
+        if django.VERSION >= (6, 0):
+            deprecation.warn(deprecation.ADDRESS_PAIRS.format(setting=setting))
+        value = [item[1] for item in value]
+    must = f"The {setting} setting must be a list of email address strings."
+    if not isinstance(value, list | tuple):
+        raise ImproperlyConfigured(f"{must} It is a {type(value).__name__}.")
     for index, item in enumerate(value):
-        if isinstance(item, str | Promise):
-            addresses.append(str(item))
-        elif (
-            isinstance(item, list | tuple)
-            and len(item) == 2
-            and all(isinstance(part, str | Promise) for part in item)
-        ):
-            has_pairs = True
-            name, address = (str(part) for part in item)
-            try:
-                addresses.append(Address(display_name=name, addr_spec=address))
-            except (ValueError, IndexError) as exc:
-                raise ImproperlyConfigured(
-                    f"The {setting} setting has an invalid address at index "
-                    f"{index}: {address!r} ({exc})."
-                ) from exc
-        else:
-            raise ImproperlyConfigured(
-                f"The {setting} setting must be a list of email address "
-                f"strings; the item at index {index} is {item!r}."
-            )
-    # RemovedWithDjango2028: Django 5.2 documents the pairs (its own
-    # mail_admins() needs them), so only warn where Django deprecates them.
-    if has_pairs and django.VERSION >= (6, 0):
-        deprecation.warn(deprecation.ADDRESS_PAIRS.format(setting=setting))
-    return addresses
+        if not isinstance(item, str | Promise):
+            raise ImproperlyConfigured(f"{must} The item at index {index} is {item!r}.")
+    return [str(item) for item in value]
 
 
 # django_mailkit's own settings: one MAILKIT dict, one getter per key.

@@ -2,10 +2,18 @@
 Deprecation machinery: one warning class, the messages, and two helpers.
 
 django_mailkit offers Django 6.1's email API on every supported Django
-version, so it deprecates what Django 6.1 deprecates, with the same advice, on
-every version. Deprecated usages keep working until django_mailkit drops
-support for the last Django version that still has them (Django 2028 removes
-them). Each line to delete then carries a ``# RemovedWithDjango2028`` comment.
+version, so it deprecates what Django 6.1 deprecates, with Django's own
+words, on every version. Deprecated usages keep working until django_mailkit
+drops support for the last Django version that still has them (Django 2028
+removes them). Each line to delete then carries a ``# RemovedInDjango2028``
+comment.
+
+The warning class is a subclass of Django's ``RemovedInDjango2028Warning``
+where Django has that class (6.0 and later), so filters, ``assertWarns`` and
+upgrade tools written for Django's warnings see ours the same way. Django 5.2
+has no such class: there it is a ``DeprecationWarning``, and this module's
+``RemovedInDjango2028Warning`` name is an alias of it, so a test can import
+the category from one place on every version.
 """
 
 from __future__ import annotations
@@ -19,47 +27,96 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-__all__ = ["MailkitDeprecationWarning"]
+try:
+    from django.utils.deprecation import RemovedInDjango2028Warning as _Category
+except ImportError:  # Django 5.2
+    _Category = DeprecationWarning  # type: ignore[assignment,misc]
+
+__all__ = ["MailkitDeprecationWarning", "RemovedInDjango2028Warning"]
 
 
-class MailkitDeprecationWarning(DeprecationWarning):
+class MailkitDeprecationWarning(_Category):  # type: ignore[valid-type,misc]
     """A django_mailkit feature that Django 6.1 deprecates was used."""
 
 
-FAIL_SILENTLY_ARG = (
-    "The 'fail_silently' argument is deprecated. Configure the mailer in "
-    "MAILERS and send with using=..., handling errors where you send."
+if _Category is DeprecationWarning:
+    RemovedInDjango2028Warning = MailkitDeprecationWarning
+else:
+    RemovedInDjango2028Warning = _Category
+
+# The messages: Django 6.1's text, word for word (users' tests assert them).
+
+FAIL_SILENTLY_ARG = (  # RemovedInDjango2028
+    "The 'fail_silently' argument is deprecated. See 'Migrating email to "
+    "mailers' in Django's documentation for recommended replacements."
 )
-AUTH_ARGS = (
-    "The 'auth_user' and 'auth_password' arguments are deprecated. Set the "
-    "'username' and 'password' OPTIONS of a mailer in MAILERS instead."
+AUTH_ARGS = (  # RemovedInDjango2028
+    "The 'auth_user' and 'auth_password' arguments are deprecated. Set "
+    "'username' and 'password' OPTIONS in MAILERS instead."
 )
-CONNECTION_ARG = (
+CONNECTION_ARG = (  # RemovedInDjango2028
     "The 'connection' argument is deprecated. Switch to the 'using' argument "
     "with a MAILERS alias."
 )
-CONNECTION_ATTR = (
-    "EmailMessage.connection is deprecated. Switch to "
+CONNECTION_ATTR_GET = (  # RemovedInDjango2028
+    "The EmailMessage.connection attribute is deprecated."
+)
+CONNECTION_ATTR_SET = (  # RemovedInDjango2028
+    "The EmailMessage.connection attribute is deprecated. Switch to "
     "EmailMessage.send(using=...) with a MAILERS alias."
 )
-GET_CONNECTION = (
-    "get_connection() is deprecated. Use django_mailkit.mailers[alias] "
-    "(mailers.default for the default mailer)."
+GET_CONNECTION = (  # RemovedInDjango2028
+    "get_connection() is deprecated. See 'Migrating email to mailers' "
+    "in Django's documentation for recommended replacements."
 )
-MIMEBASE_ATTACHMENT = (
-    "Attaching an email.mime.base.MIMEBase object is deprecated. Attach an "
-    "email.message.MIMEPart instead."
+NO_DEFAULT_MAILER = (  # RemovedInDjango2028
+    "Django 2028 will not have a default mailer. Configure "
+    "settings.MAILERS to avoid errors when sending email."
 )
-ADDRESS_PAIRS = (
-    "Using (name, address) pairs in the {setting} setting is deprecated. Use a "
-    "list of address strings such as 'Name <address@example.com>'."
+DIRECT_SMTP_BACKEND = (  # RemovedInDjango2028
+    "Directly creating EmailBackend instances is deprecated. Use mail.mailers instead."
 )
-POSITIONAL_ARGS = (
-    "Passing {names} to {func}() as positional arguments is deprecated. Pass "
-    "them as keyword arguments."
+UNKNOWN_BACKEND_KWARGS = (  # RemovedInDjango2028
+    "{class_name}.__init__() does not support {names}. In Django 2028, "
+    "BaseEmailBackend will raise a TypeError for unknown keyword arguments."
+)
+MIMEBASE_ATTACHMENT = (  # RemovedInDjango2028
+    "MIMEBase attachments are deprecated. Use an email.message.MIMEPart instead."
+)
+ADDRESS_PAIRS = (  # RemovedInDjango2028
+    "Using (name, address) pairs in the {setting} setting is deprecated. "
+    "Replace with a list of email address strings."
+)
+POSITIONAL_ARGS = (  # RemovedInDjango2028
+    "Passing positional argument(s) {names} to {func}() is deprecated. "
+    "Use keyword arguments instead."
+)
+BAD_HEADER_ERROR = (  # RemovedInDjango2028
+    "BadHeaderError is deprecated. Replace with ValueError."
+)
+SAFE_MIME_TEXT = (  # RemovedInDjango2028
+    "SafeMIMEText is deprecated. The return value of EmailMessage.message() "
+    "is an email.message.EmailMessage."
+)
+SAFE_MIME_MULTIPART = (  # RemovedInDjango2028
+    "SafeMIMEMultipart is deprecated. The return value of "
+    "EmailMessage.message() is an email.message.EmailMessage."
+)
+FORBID_MULTI_LINE_HEADERS = (  # RemovedInDjango2028
+    "The internal API forbid_multi_line_headers() is deprecated. Python's "
+    "modern email API (with email.message.EmailMessage or "
+    "email.policy.default) will reject multi-line headers."
+)
+SANITIZE_ADDRESS = (  # RemovedInDjango2028
+    "The internal API sanitize_address() is deprecated. Python's modern email "
+    "API (with email.message.EmailMessage or email.policy.default) will handle "
+    "most required validation and encoding. Use Python's "
+    "email.headerregistry.Address to construct formatted addresses from "
+    "component parts."
 )
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_SKIPPED = (_PACKAGE_DIR, "<frozen importlib")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -68,14 +125,18 @@ def warn(message: str, *, internal_ok: bool = True) -> None:
     Issue a MailkitDeprecationWarning attributed to the caller's code.
 
     Frames inside django_mailkit are skipped so the warning points at the
-    line a user can change. With ``internal_ok``, nothing is issued when that
-    caller is Django itself: Django's own code (e.g. Django 6.1's
-    get_connection() building one of our backends) is not the user's to fix.
+    line a user can change (what ``skip_file_prefixes`` does on Python
+    3.12+, done by hand for 3.11). With ``internal_ok``, nothing is issued
+    when that caller is Django itself: Django's own code (e.g. Django 6.1's
+    get_connection() building one of our backends) is not the user's to fix,
+    and Django warns about the user's call itself.
     """
     frame: FrameType | None = sys._getframe(1)
     # stacklevel=2 names warn()'s caller; each skipped frame adds one.
     level = 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    # (Importing a name through a module __getattr__ passes through
+    # importlib's frames, which aren't the user's either.)
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
         frame = frame.f_back
         level += 1
     if internal_ok and frame is not None:
@@ -92,7 +153,8 @@ def keyword_only_after(*legacy_names: str) -> Callable[[_F], _F]:
     Django 5.2 took these parameters positionally; Django 6.0 made them
     keyword-only (with a deprecation period). The wrapped function declares
     them keyword-only; this decorator maps surplus positional arguments onto
-    them in the legacy order.
+    them in the legacy order. Errors and the warning read as Django's
+    ``deprecate_posargs`` words them.
     """
 
     def decorator(func: _F) -> _F:
@@ -100,27 +162,34 @@ def keyword_only_after(*legacy_names: str) -> Callable[[_F], _F]:
         positional = sum(
             p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
         )
-        name = func.__qualname__.replace(".__init__", "")
+        maximum = positional + len(legacy_names)
+        name = func.__name__
+        if name == "__init__":
+            # As Django: "ClassName()" rather than "__init__()".
+            name = func.__qualname__.rsplit("<locals>.", 1)[-1]
+            name = name.replace(".__init__", "")
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if len(args) > positional:
-                extra = args[positional:]
-                if len(extra) > len(legacy_names):
+                if len(args) > maximum:
                     raise TypeError(
-                        f"{name}() takes at most {positional + len(legacy_names)} "
-                        f"positional arguments ({len(args)} given)."
+                        f"{name}() takes at most {maximum} positional argument(s) "
+                        f"(including {len(legacy_names)} deprecated) but "
+                        f"{len(args)} were given."
                     )
+                extra = args[positional:]
                 names = legacy_names[: len(extra)]
-                for arg_name, value in zip(names, extra, strict=True):
-                    if arg_name in kwargs:
-                        raise TypeError(
-                            f"{name}() got multiple values for argument {arg_name!r}."
-                        )
-                    kwargs[arg_name] = value
+                conflicts = ", ".join(f"'{n}'" for n in names if n in kwargs)
+                if conflicts:
+                    raise TypeError(
+                        f"{name}() got both deprecated positional and keyword "
+                        f"argument values for {conflicts}."
+                    )
+                kwargs.update(zip(names, extra, strict=True))
                 warn(
                     POSITIONAL_ARGS.format(
-                        names=", ".join(repr(n) for n in names), func=name
+                        names=", ".join(f"'{n}'" for n in names), func=name
                     ),
                     internal_ok=False,
                 )

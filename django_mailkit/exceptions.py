@@ -37,50 +37,75 @@ class InvalidMailer(_DjangoInvalidMailer):
     """
     A mailer's configuration is wrong.
 
-    The message starts with where to fix it: ``MAILERS['alias']`` (and the
-    option), or the legacy ``EMAIL_*`` setting it came from.
+    As in Django, ``InvalidMailer(msg, alias=alias)`` reads
+    ``MAILERS['alias']: msg``. Where Django raises, ``msg`` starts with
+    Django's sentence and our detail follows it. django_mailkit's own checks
+    (of values Django doesn't validate) name the option itself:
+    ``MAILERS['alias']['OPTIONS']['port']: ...``, or the legacy ``EMAIL_*``
+    setting the value came from.
     """
 
     def __init__(
         self,
-        detail: str,
+        msg: str,
         *,
         alias: str | None = None,
         option: str | None = None,
         setting: str | None = None,
         code: str | None = None,
+        at_option: bool = True,
     ) -> None:
-        self.detail = detail
+        self.detail = msg
         #: What kind of mistake, for the system checks: "unknown_options",
         #: "backend_import", or None.
         self.code = code
         self.alias = alias
+        #: The option at fault, if any (also when the message doesn't start
+        #: with it).
         self.option = option
+        where = None
         if setting is not None:
             where = setting
         elif alias is not None:
             where = f"MAILERS[{alias!r}]"
-            if option is not None:
+            if option is not None and at_option:
                 where += f"['OPTIONS'][{option!r}]"
-        elif option is not None:
+        elif option is not None and at_option:
             where = f"Email backend option {option!r}"
-        else:
-            where = "Email backend"
-        Exception.__init__(self, f"{where}: {detail}")
+        Exception.__init__(self, msg if where is None else f"{where}: {msg}")
 
     def __str__(self) -> str:
         # KeyError (a base of MailerDoesNotExist) would repr() the message.
         return str(self.args[0])
 
 
+class InvalidMailerValueError(InvalidMailer, ValueError):
+    """An InvalidMailer where Django raises ValueError (legacy settings)."""
+
+
+class InvalidMailerImportError(InvalidMailer, ImportError):
+    """An InvalidMailer where Django lets the ImportError through."""
+
+
+class InvalidMailerModuleNotFoundError(InvalidMailerImportError, ModuleNotFoundError):
+    """An InvalidMailer where Django lets the ModuleNotFoundError through."""
+
+
 class MailerDoesNotExist(InvalidMailer, _DjangoMailerDoesNotExist):
     """The alias is not defined in MAILERS. It is also a KeyError."""
 
-    def __init__(self, alias: str) -> None:
-        super().__init__(
-            "is not defined; the configured mailers are listed in settings.MAILERS.",
-            alias=alias,
-        )
+    def __init__(
+        self, alias: str | None = None, *, configured: list[str] | None = None
+    ) -> None:
+        # Django's signature is MailerDoesNotExist(*, alias=...); ours also
+        # takes it positionally, and lists the configured aliases after
+        # Django's sentence.
+        msg = f"The mailer '{alias}' is not configured."
+        if configured is not None:
+            listed = ", ".join(repr(name) for name in configured) or "none"
+            msg += f" Configured mailers: {listed}."
+        super().__init__(msg)
+        self.alias = alias
 
 
 class SMTPUTF8Unsupported(smtplib.SMTPNotSupportedError):

@@ -15,17 +15,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.utils.module_loading import import_string
 
-from . import conf
+from . import conf, deprecation
 from .backends.base import BaseEmailBackend
-from .exceptions import InvalidMailer, MailerDoesNotExist
+from .exceptions import (
+    InvalidMailer,
+    InvalidMailerImportError,
+    InvalidMailerModuleNotFoundError,
+    MailerDoesNotExist,
+)
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_MAILER_ALIAS", "MailersHandler", "mailers"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "DEFAULT_MAILER_ALIAS",
+    "DEFAULT_MAILER_BACKEND",
+    "MailersHandler",
+    "mailers",
+]
 
 DEFAULT_MAILER_ALIAS = "default"
 #: The BACKEND of a MAILERS entry that doesn't name one.
 DEFAULT_BACKEND = "django_mailkit.backends.smtp.EmailBackend"
+#: Django 6.1's name for it.
+DEFAULT_MAILER_BACKEND = DEFAULT_BACKEND
 
 _DJANGO_BACKENDS = "django.core.mail.backends."
 _BUILTIN_NAMES = frozenset({"smtp", "console", "filebased", "locmem", "dummy"})
@@ -81,12 +95,14 @@ class MailersHandler:
         configs = conf.mailers_setting()
         if configs is None:
             if alias != DEFAULT_MAILER_ALIAS:
-                raise MailerDoesNotExist(alias)
-            return self.create_legacy(overrides=overrides, alias=alias)
+                raise MailerDoesNotExist(alias, configured=[])
+            # RemovedInDjango2028Warning: the default mailer from EMAIL_*.
+            warn_if_no_default_mailer()
+            return self.create_legacy(overrides=overrides)
         try:
             config = configs[alias]
         except KeyError:
-            raise MailerDoesNotExist(alias) from None
+            raise MailerDoesNotExist(alias, configured=list(configs)) from None
         if not isinstance(config, dict):
             raise InvalidMailer(
                 f"must be a dict with 'BACKEND' and 'OPTIONS', not "
@@ -105,8 +121,10 @@ class MailersHandler:
             raise InvalidMailer("'OPTIONS' must be a dict.", alias=alias)
         if "alias" in options:
             raise InvalidMailer(
-                "OPTIONS must not define 'alias'; it is set from the MAILERS key.",
+                "OPTIONS must not define 'alias'. It is set from the MAILERS key.",
                 alias=alias,
+                option="alias",
+                at_option=False,
             )
         path = config.get("BACKEND", DEFAULT_BACKEND)
         backend_class = self.import_backend(path, alias=alias)
@@ -122,43 +140,76 @@ class MailersHandler:
         backend: str | None = None,
         *,
         overrides: dict[str, Any] | None = None,
-        alias: str | None = None,
     ) -> BaseEmailBackend:
         """
         Build a backend without MAILERS: ``backend``, or EMAIL_BACKEND.
 
-        Built without an alias, the SMTP and file backends read their options
-        from the legacy ``EMAIL_*`` settings; ``overrides`` come first.
+        Built without an alias (``alias`` is None, as Django 6.1 does), the
+        SMTP and file backends read their options from the legacy ``EMAIL_*``
+        settings; ``overrides`` come first.
         """
         path = backend or conf.legacy_setting(
             "EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"
         )
-        backend_class = self.import_backend(path, setting="EMAIL_BACKEND")
+        backend_class = self.import_backend(
+            path, setting="EMAIL_BACKEND" if backend is None else None
+        )
         kwargs = dict(overrides or {})
-        if kwargs and issubclass(backend_class, BaseEmailBackend):
-            kwargs["_ignore_unknown_kwargs"] = set(kwargs)
-        instance = backend_class(**kwargs)
-        # Named after construction: an alias would mean "configured by
-        # MAILERS", and the backend would not read the legacy settings.
-        instance.alias = alias
-        return instance
+        if issubclass(backend_class, BaseEmailBackend):
+            if kwargs:
+                kwargs["_ignore_unknown_kwargs"] = set(kwargs)
+            # Given explicitly (as None): built by the registry, not directly.
+            kwargs["alias"] = None
+        return backend_class(**kwargs)
 
     def import_backend(
         self, path: str, *, alias: str | None = None, setting: str | None = None
     ) -> type[BaseEmailBackend]:
-        """Import a backend class from its dotted path, with a clear error."""
+        """
+        Import a backend class from its dotted path, with Django's error.
+
+        For a MAILERS entry that is an InvalidMailer ("Could not find
+        BACKEND..."); for ``EMAIL_BACKEND`` or a path given to
+        get_connection(), Django lets the ImportError through, so the error
+        is also an ImportError, with the same message and then where the
+        path came from.
+        """
         try:
             backend_class: type[BaseEmailBackend] = import_string(
                 resolve_backend_path(path)
             )
             return backend_class
         except ImportError as exc:
-            raise InvalidMailer(
-                f"could not import BACKEND {path!r}: {exc}",
-                alias=alias,
-                setting=setting,
+            if alias is not None:
+                raise InvalidMailer(
+                    f"Could not find BACKEND {path!r}: {exc}",
+                    alias=alias,
+                    code="backend_import",
+                ) from exc
+            source = f"the {setting} setting" if setting else "the backend path"
+            error_class = (
+                InvalidMailerModuleNotFoundError
+                if isinstance(exc, ModuleNotFoundError)
+                else InvalidMailerImportError
+            )
+            raise error_class(
+                f"{exc} (importing {path!r} from {source})",
                 code="backend_import",
             ) from exc
+
+
+# RemovedInDjango2028Warning: the whole function.
+def warn_if_no_default_mailer() -> None:
+    """
+    Warn that Django 2028 has no default mailer, as Django 6.1 does.
+
+    Only when MAILERS is not defined and no legacy EMAIL_* setting is
+    either: a project that sets those has already been warned about them.
+    """
+    if conf.mailers_setting() is not None:
+        return
+    if not any(settings.is_overridden(name) for name in conf.DEPRECATED_SETTINGS):
+        deprecation.warn(deprecation.NO_DEFAULT_MAILER, internal_ok=False)
 
 
 mailers = MailersHandler()

@@ -35,6 +35,11 @@ from django.utils.timezone import get_current_timezone
 
 from . import deprecation, wire
 
+# Django 6.1 made BadHeaderError plain ValueError (5.2 and 6.0 subclass it).
+_DjangoBadHeaderError: type[ValueError] = getattr(
+    django_message, "BadHeaderError", ValueError
+)
+
 if TYPE_CHECKING:
     from .backends.base import BaseEmailBackend
 
@@ -89,8 +94,13 @@ _TOLERATED_DEFECTS = frozenset(
 )
 
 
-class BadHeaderError(ValueError):
-    """A header name or value is unsafe (for example, contains a line break)."""
+class BadHeaderError(_DjangoBadHeaderError):
+    """
+    A header name or value is unsafe (for example, contains a line break).
+
+    A ValueError, as Django 6.1 raises; on Django 5.2 and 6.0 also Django's
+    own ``BadHeaderError``, so existing ``except`` clauses catch it.
+    """
 
 
 class EmailAttachment(NamedTuple):
@@ -145,8 +155,10 @@ class MIMEMessage(email.message.EmailMessage):
 def check_header(name: str, value: str) -> None:
     """Raise BadHeaderError if ``value`` could inject a header into ``name``."""
     if _LINE_BREAK.search(value):
+        # Python's own words (Django 6.1 lets its ValueError through).
         raise BadHeaderError(
-            f"Header {name!r} must not contain line breaks (got {value!r})."
+            "Header values may not contain linefeed or carriage return "
+            f"characters (header {name!r}: {value!r})."
         )
 
 
@@ -323,8 +335,8 @@ class EmailMessage:
                 self.attach(*attachment)
         self.extra_headers: dict[str, Any] = dict(headers or {})
         if connection is not None:
-            deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedWithDjango2028
-        self._connection = connection  # RemovedWithDjango2028
+            deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedInDjango2028Warning
+        self._connection = connection  # RemovedInDjango2028Warning
 
     def __repr__(self) -> str:
         return (
@@ -342,15 +354,15 @@ class EmailMessage:
                 setattr(clone, name, copy.deepcopy(value, memo))
         return clone
 
-    # RemovedWithDjango2028: the connection property.
+    # RemovedInDjango2028Warning: the connection property.
     @property
     def connection(self) -> BaseEmailBackend | None:
-        deprecation.warn(deprecation.CONNECTION_ATTR)
+        deprecation.warn(deprecation.CONNECTION_ATTR_GET)
         return self._connection
 
     @connection.setter
     def connection(self, value: BaseEmailBackend | None) -> None:
-        deprecation.warn(deprecation.CONNECTION_ATTR)
+        deprecation.warn(deprecation.CONNECTION_ATTR_SET)
         self._connection = value
 
     @property
@@ -383,6 +395,7 @@ class EmailMessage:
             using=using,
             connection=self._connection,
             fail_silently=fail_silently,
+            warn_connection=False,
         )
         return backend.send_messages([self]) or 0
 
@@ -402,18 +415,21 @@ class EmailMessage:
         bytes are attached unchanged.
         """
         if isinstance(filename, email.message.Message):
+            modern = isinstance(filename, email.message.MIMEPart)
+            if not modern:
+                # RemovedInDjango2028Warning: legacy email.mime classes.
+                deprecation.warn(deprecation.MIMEBASE_ATTACHMENT)
             if content is not None or mimetype is not None:
                 raise ValueError(
-                    "content and mimetype must not be given when a MIME part "
-                    "is attached."
+                    "content and mimetype must not be given when a "
+                    f"{'MIMEPart' if modern else 'MIMEBase'} instance is provided."
                 )
-            if not isinstance(filename, email.message.MIMEPart):
-                # RemovedWithDjango2028: legacy email.mime classes.
-                deprecation.warn(deprecation.MIMEBASE_ATTACHMENT)
             self.attachments.append(filename)
             return
         if content is None:
-            raise ValueError(f"content must be provided for attachment {filename!r}.")
+            raise ValueError(
+                f"content must be provided. (Attachment filename: {filename!r}.)"
+            )
         if mimetype is None:
             guessed = mimetypes.guess_type(filename)[0] if filename else None
             mimetype = guessed or DEFAULT_ATTACHMENT_MIME_TYPE
@@ -852,3 +868,10 @@ def render(email_message: Any, policy: email.policy.Policy) -> email.message.Mes
     except TypeError:
         data = email_message.message().as_bytes(linesep="\n")
         return email.message_from_bytes(data, policy=policy)
+
+
+def __getattr__(name: str) -> Any:
+    # RemovedInDjango2028Warning: Django's legacy MIME helpers (see legacy.py).
+    from .legacy import message_getattr
+
+    return message_getattr(name)

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from . import conf, deprecation
 from .backends.base import BaseEmailBackend
-from .handler import DEFAULT_MAILER_ALIAS, mailers
+from .handler import DEFAULT_MAILER_ALIAS, mailers, warn_if_no_default_mailer
 from .message import EmailMessage, EmailMultiAlternatives
 
 __all__ = [
@@ -32,19 +32,25 @@ def backend_for(
     fail_silently: bool = False,
     auth_user: str | None = None,
     auth_password: str | None = None,
+    warn_connection: bool = True,
 ) -> BaseEmailBackend:
     """
     Return the backend a send call should use.
 
     ``using`` is the way forward; the other arguments are deprecated, each
-    warned about here, and cannot be combined with it (as in Django 6.1).
+    warned about here (``connection`` unless ``warn_connection`` is False:
+    EmailMessage warned when it was given), and cannot be combined with it.
+    Warnings and errors read as Django 6.1's.
     """
-    # RemovedWithDjango2028: everything but `return mailers[using or default]`.
+    # RemovedInDjango2028Warning: everything but `return mailers[using or
+    # default]`.
     has_auth = auth_user is not None or auth_password is not None
     if fail_silently:
         deprecation.warn(deprecation.FAIL_SILENTLY_ARG)
     if has_auth:
         deprecation.warn(deprecation.AUTH_ARGS)
+    if connection is not None and warn_connection:
+        deprecation.warn(deprecation.CONNECTION_ARG)
     if using is not None:
         if connection is not None:
             raise TypeError("'connection' is not compatible with 'using'.")
@@ -59,13 +65,13 @@ def backend_for(
     if connection is not None:
         if fail_silently:
             raise TypeError(
-                "'fail_silently' cannot be used with a connection; configure "
-                "the connection with fail_silently instead."
+                "fail_silently cannot be used with a connection. "
+                "Pass fail_silently to get_connection() instead."
             )
         if has_auth:
             raise TypeError(
-                "'auth_user' and 'auth_password' cannot be used with a "
-                "connection; configure the connection with them instead."
+                "auth_user and auth_password cannot be used with a connection. "
+                "Pass auth_user and auth_password to get_connection() instead."
             )
         return connection
     overrides: dict[str, Any] = {}
@@ -108,8 +114,6 @@ def send_mail(
     All recipients see each other in the To header. With ``html_message``
     the message is multipart/alternative, text and HTML.
     """
-    if connection is not None:
-        deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedWithDjango2028
     mail = EmailMultiAlternatives(subject, message, from_email, recipient_list)
     if html_message:
         mail.attach_alternative(html_message, "text/html")
@@ -140,8 +144,6 @@ def send_mass_mail(
 
     All messages go over one connection. Return how many were sent.
     """
-    if connection is not None:
-        deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedWithDjango2028
     messages = [
         EmailMessage(subject, body, sender, recipients)
         for subject, body, sender, recipients in datatuple
@@ -166,8 +168,6 @@ def _mail_staff(
     html_message: Any,
     using: str | None,
 ) -> int:
-    if connection is not None:
-        deprecation.warn(deprecation.CONNECTION_ARG)  # RemovedWithDjango2028
     recipients = conf.staff_addresses(setting)
     mail = EmailMultiAlternatives(
         f"{settings.EMAIL_SUBJECT_PREFIX}{subject}",
@@ -230,7 +230,7 @@ def mail_managers(
     )
 
 
-# RemovedWithDjango2028: the whole function.
+# RemovedInDjango2028Warning: the whole function.
 @deprecation.keyword_only_after("fail_silently")
 def get_connection(
     backend: str | None = None, *, fail_silently: bool = False, **kwargs: Any
@@ -243,13 +243,14 @@ def get_connection(
     builds ``backend`` (default EMAIL_BACKEND) with ``kwargs``.
     """
     deprecation.warn(deprecation.GET_CONNECTION)
+    warn_if_no_default_mailer()
     if fail_silently:
         kwargs["fail_silently"] = True
     if conf.mailers_setting() is not None:
         if backend is not None:
             raise RuntimeError(
-                "get_connection(backend, ...) is not supported with MAILERS: "
-                "add a MAILERS entry for that backend and use mailers[alias]."
+                "get_connection(backend, ...) is not supported with MAILERS. "
+                "Add a MAILERS entry for that backend and use mailers[alias]."
             )
         return mailers.create(DEFAULT_MAILER_ALIAS, overrides=kwargs or None)
     return mailers.create_legacy(backend, overrides=kwargs or None)

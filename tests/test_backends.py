@@ -240,16 +240,22 @@ class TestFileBackend(BackendContract):
         self.backend()
         assert self.directory.is_dir()
 
-    def test_one_file_per_session(self):
+    def test_one_file_per_instance(self):
         backend = self.backend()
         backend.send_messages(messages(2, "Alone"))
         assert len(self.files()) == 1
+        # As Django: reopening the same instance appends to its file.
         with backend:
             backend.send_messages(messages(1, "Together"))
             backend.send_messages(messages(1, "Together"))
-        alone, together = self.files()
-        assert parse_dump(alone.read_text()) == expected(2, "Alone")
-        assert parse_dump(together.read_text()) == expected(1, "Together") * 2
+        (first,) = self.files()
+        assert parse_dump(first.read_text()) == (
+            expected(2, "Alone") + expected(1, "Together") * 2
+        )
+        # A new instance (each mailers[alias] is one) starts a new file.
+        self.backend().send_messages(messages(1, "Later"))
+        assert len(self.files()) == 2
+        assert parse_dump(self.files()[1].read_text()) == expected(1, "Later")
 
     @pytest.mark.parametrize("fail_silently", [False, True])
     def test_file_path_is_required(self, settings, fail_silently):
@@ -262,13 +268,16 @@ class TestFileBackend(BackendContract):
         with pytest.raises(InvalidMailer) as excinfo:
             self.backend()
         assert str(excinfo.value).startswith(
-            f"MAILERS[{ALIAS!r}]['OPTIONS']['file_path']"
+            f"MAILERS[{ALIAS!r}]: OPTIONS must define 'file_path'."
         )
 
     @pytest.mark.parametrize("fail_silently", [False, True])
     @pytest.mark.parametrize(
         "where, fragment",
-        [("file", "is not a directory"), ("file/sub", "could not create directory")],
+        [
+            ("file", "'file_path' is not a directory: "),
+            ("file/sub", "Could not create 'file_path': "),
+        ],
     )
     def test_file_path_must_be_a_directory(
         self, settings, tmp_path, fail_silently, where, fragment
@@ -283,10 +292,10 @@ class TestFileBackend(BackendContract):
                 },
             }
         }
-        with pytest.raises(InvalidMailer, match=fragment) as excinfo:
+        with pytest.raises(InvalidMailer) as excinfo:
             self.backend()
         assert str(excinfo.value).startswith(
-            f"MAILERS[{ALIAS!r}]['OPTIONS']['file_path']"
+            f"MAILERS[{ALIAS!r}]: {fragment}{tmp_path / where}"
         )
 
     @pytest.mark.skipif(
@@ -300,7 +309,7 @@ class TestFileBackend(BackendContract):
             ALIAS: {"BACKEND": self.backend_path, "OPTIONS": {"file_path": read_only}}
         }
         try:
-            with pytest.raises(InvalidMailer, match="not writable"):
+            with pytest.raises(InvalidMailer, match="'file_path' is not writable: "):
                 self.backend()
         finally:
             read_only.chmod(0o700)

@@ -66,7 +66,7 @@ def test_it_is_djangos_command_replaced():
     "args, message",
     [
         ((), "Give one or more addresses, or --admins or --managers."),
-        (("--using", "nope", "a@example.com"), "MAILERS['nope']"),
+        (("--using", "nope", "a@example.com"), "The mailer 'nope' is not configured."),
     ],
 )
 def test_usage_errors(server, args, message):

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
-from .. import conf
+from .. import conf, deprecation
 from ..exceptions import InvalidMailer
+
+# RemovedInDjango2028Warning: tells an explicit fail_silently from the default.
+_NOT_PROVIDED: Any = object()
 
 __all__ = ["BaseEmailBackend"]
 
@@ -33,39 +36,47 @@ class BaseEmailBackend:
     #: For a backend built without MAILERS (Django's get_connection(), the
     #: EMAIL_BACKEND setting), the legacy setting each option defaults to.
     legacy_settings: ClassVar[dict[str, str]] = {}
+    #: Whether the backend takes the ``fail_silently`` option (Django 6.1's
+    #: SMTP, console and file backends do; the others reject it).
+    supports_fail_silently: ClassVar[bool] = True
 
     def __init__(
         self,
         *,
         alias: str | None = None,
-        fail_silently: bool = False,
+        fail_silently: Any = _NOT_PROVIDED,
         _ignore_unknown_kwargs: set[str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.alias = alias
         self._from_settings: set[str] = set()
-        self.fail_silently = bool(fail_silently)
         # Serialises use of one instance (and its connection) across threads.
         self._lock = threading.RLock()
+        if fail_silently is _NOT_PROVIDED:
+            fail_silently = False
+        elif not self.supports_fail_silently:
+            # As in Django 6.1: an option this backend doesn't offer.
+            kwargs["fail_silently"] = fail_silently
+        self.fail_silently = bool(fail_silently)
         # Legacy call sites (get_connection(**kwargs), send_mail(auth_user=))
         # pass options that only some backends take: those may be ignored.
         for name in _ignore_unknown_kwargs or ():
             kwargs.pop(name, None)
-        if alias is None:
-            # Django's own send_mail(auth_user=...) builds EMAIL_BACKEND with
-            # these whatever the backend; Django's backends ignore them.
-            kwargs.pop("username", None)
-            kwargs.pop("password", None)
         if kwargs:
-            names = ", ".join(repr(name) for name in sorted(kwargs))
+            names = ", ".join(repr(name) for name in kwargs)
+            class_name = f"{type(self).__module__}.{type(self).__qualname__}"
             if alias is None:
-                raise TypeError(
-                    f"{type(self).__module__}.{type(self).__qualname__}() got "
-                    f"unknown options: {names}."
+                # RemovedInDjango2028Warning: raise TypeError instead. Built
+                # outside MAILERS, Django 6.1 ignores unknown arguments with
+                # a warning (none when Django's own code passed them).
+                deprecation.warn(
+                    deprecation.UNKNOWN_BACKEND_KWARGS.format(
+                        class_name=class_name, names=names
+                    )
                 )
+                return
             raise InvalidMailer(
-                f"unknown OPTIONS {names} for {type(self).__module__}."
-                f"{type(self).__qualname__}.",
+                f"Unknown options {names}. {class_name} does not take them.",
                 alias=alias,
                 code="unknown_options",
             )
@@ -91,6 +102,26 @@ class BaseEmailBackend:
         if option in self._from_settings:
             setting = self.legacy_settings[option]
         return InvalidMailer(detail, alias=self.alias, option=option, setting=setting)
+
+    def django_error(
+        self,
+        option: str | None,
+        message: str,
+        legacy: str | None = None,
+        *,
+        legacy_class: type[InvalidMailer] = InvalidMailer,
+    ) -> InvalidMailer:
+        """
+        Return a configuration error that Django 6.1 also raises.
+
+        ``message`` starts with Django's sentence for a MAILERS mailer;
+        ``legacy`` with its sentence for a backend built without an alias
+        (from the ``EMAIL_*`` settings), raised as ``legacy_class``: an
+        InvalidMailer that is also Django's type for that error.
+        """
+        if self.alias is None and legacy is not None:
+            return legacy_class(legacy, option=option, at_option=False)
+        return InvalidMailer(message, alias=self.alias, option=option, at_option=False)
 
     def __repr__(self) -> str:
         return (

@@ -12,6 +12,9 @@ __all__ = ["EmailBackend"]
 class EmailBackend(BaseEmailBackend):
     """Discard every message, reporting each as sent (development)."""
 
+    # As in Django 6.1, this backend takes no OPTIONS, not even fail_silently.
+    supports_fail_silently = False
+
     def deliver(self, message: Any) -> bool:
         """Do nothing."""
         return True

@@ -18,10 +18,11 @@ __all__ = ["EmailBackend"]
 
 class EmailBackend(BaseEmailBackend):
     """
-    Write messages to files in ``file_path`` (development).
+    Write messages to a file in ``file_path`` (development).
 
-    Each session (from ``open()`` to ``close()``, or one ``send_messages()``
-    call) writes one new file.
+    Each backend instance writes one file, named when it first opens: a new
+    instance (such as each ``mailers[alias]``) starts a new file, and
+    reopening the same instance appends to its file, as in Django.
     """
 
     # Documented: fail_silently ignores every error while writing, but never
@@ -35,40 +36,57 @@ class EmailBackend(BaseEmailBackend):
         super().__init__(**kwargs)
         file_path = self.with_legacy_defaults({"file_path": file_path})["file_path"]
         if file_path is None or file_path == "":
-            raise self.config_error(
-                "file_path", "is required: the directory to write messages to."
+            raise self.django_error(
+                "file_path",
+                "OPTIONS must define 'file_path'. Set it to the directory to "
+                "write messages to.",
+                "The EMAIL_FILE_PATH setting must be set to use the file EmailBackend.",
             )
         path = Path(file_path).absolute()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
-            raise self.config_error(
-                "file_path", f"{str(path)!r} exists but is not a directory."
+            raise self.django_error(
+                "file_path",
+                f"'file_path' is not a directory: {path}",
+                f"Path for saving email messages exists, but is not a directory: "
+                f"{path}",
             ) from None
         except OSError as exc:
-            raise self.config_error(
-                "file_path", f"could not create directory {str(path)!r}: {exc}."
+            raise self.django_error(
+                "file_path",
+                f"Could not create 'file_path': {path} ({exc})",
+                f"Could not create directory for saving email messages: {path} ({exc})",
             ) from exc
         if not os.access(path, os.W_OK | os.X_OK):
-            raise self.config_error(
-                "file_path", f"directory {str(path)!r} is not writable."
+            raise self.django_error(
+                "file_path",
+                f"'file_path' is not writable: {path}",
+                f"Could not write to directory: {path}",
             )
         self.file_path = str(path)
         self.stream: IO[bytes] | None = None
+        self._fname: str | None = None
+
+    def _get_filename(self) -> str:
+        """Return this instance's file: named at its first session, then kept."""
+        if self._fname is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            name = f"{stamp}-{uuid.uuid4().hex[:12]}.log"
+            self._fname = os.path.join(self.file_path, name)
+        return self._fname
 
     def open(self) -> bool:
-        """Start a new session file unless one is open."""
+        """Open this instance's file for appending, unless it is open."""
         with self._lock:
             if self.stream is not None:
                 return False
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            name = f"{stamp}-{uuid.uuid4().hex[:12]}.log"
-            # "x": never append to (or clobber) another session's file.
-            self.stream = open(os.path.join(self.file_path, name), "xb")
+            # As Django: reopening the same instance appends to its file.
+            self.stream = open(self._get_filename(), "ab")
             return True
 
     def close(self) -> None:
-        """Close the session file."""
+        """Close the file."""
         with self._lock:
             stream, self.stream = self.stream, None
             if stream is not None:

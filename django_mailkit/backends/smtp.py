@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from django.core.mail import message as django_message
+from django.core.mail.utils import DNS_NAME  # noqa: F401  (Django 6.1 exports it)
 
-from .. import conf
+from .. import conf, deprecation
 from ..envelope import Envelope, EnvelopeAddress, message_envelope
+from ..exceptions import InvalidMailerValueError
 from ..message import render_bytes
 from ..signals import recipients_refused
 from ..smtp_session import (
@@ -72,6 +74,10 @@ class EmailBackend(BaseEmailBackend):
         max_recipients_per_transaction: int = DEFAULT_MAX_RECIPIENTS,
         **kwargs: Any,
     ) -> None:
+        if "alias" not in kwargs:
+            # RemovedInDjango2028Warning: direct construction. (The mailers
+            # registry, and Django's get_connection(), are not warned about.)
+            deprecation.warn(deprecation.DIRECT_SMTP_BACKEND)
         super().__init__(**kwargs)
         options = self.with_legacy_defaults(
             {
@@ -89,10 +95,15 @@ class EmailBackend(BaseEmailBackend):
         self.use_tls = bool(options["use_tls"])
         self.use_ssl = bool(options["use_ssl"])
         if self.use_tls and self.use_ssl:
-            raise self.config_error(
+            raise self.django_error(
                 "use_ssl",
-                "'use_tls' (STARTTLS) and 'use_ssl' (implicit TLS) are mutually "
-                "exclusive; set at most one of them to True.",
+                "The 'use_ssl' and 'use_tls' OPTIONS are incompatible. Set at "
+                "most one of them to True. ('use_tls' is STARTTLS, 'use_ssl' "
+                "implicit TLS.)",
+                "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set "
+                "one of those settings to True. ('use_tls' is STARTTLS, "
+                "'use_ssl' implicit TLS.)",
+                legacy_class=InvalidMailerValueError,
             )
         self.host = self._check_host(options["host"])
         self.port = self._check_port(options["port"])
@@ -101,7 +112,7 @@ class EmailBackend(BaseEmailBackend):
         self.timeout = self._check_timeout(options["timeout"])
         self.ssl_certfile = self._check_file("ssl_certfile", options["ssl_certfile"])
         self.ssl_keyfile = self._check_file("ssl_keyfile", options["ssl_keyfile"])
-        if self.ssl_keyfile and not self.ssl_certfile:
+        if self.ssl_keyfile and not self.ssl_certfile and self.alias is not None:
             raise self.config_error(
                 "ssl_keyfile", "is set without 'ssl_certfile', which it belongs to."
             )
@@ -135,8 +146,10 @@ class EmailBackend(BaseEmailBackend):
         if host is None:
             if self.alias is None:
                 return "localhost"
-            raise self.config_error(
-                "host", "is required: the SMTP server's host name or IP address."
+            raise self.django_error(
+                "host",
+                "OPTIONS must define 'host'. Set it to the SMTP server's host "
+                "name or IP address.",
             )
         if not isinstance(host, str) or not host.strip():
             raise self.config_error(
@@ -185,6 +198,10 @@ class EmailBackend(BaseEmailBackend):
     def _check_file(self, option: str, value: Any) -> str | None:
         if value is None or value == "":
             return None
+        if self.alias is None:
+            # As Django 6.1: the EMAIL_SSL_* files are read (and so checked)
+            # when a connection is opened, not when the backend is built.
+            return str(value)
         path = Path(value)
         if not path.is_file():
             raise self.config_error(option, f"{str(path)!r} is not a readable file.")
@@ -196,8 +213,8 @@ class EmailBackend(BaseEmailBackend):
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context for STARTTLS or implicit TLS; verifies the server."""
         context = ssl.create_default_context()
-        if self.ssl_certfile:
-            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        if self.ssl_certfile or self.ssl_keyfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)  # type: ignore[arg-type]
         return context
 
     def open(self) -> bool | None:
