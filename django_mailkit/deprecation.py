@@ -27,22 +27,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-try:
-    from django.utils.deprecation import RemovedInDjango2028Warning as _Category
-except ImportError:  # Django 5.2
-    _Category = DeprecationWarning  # type: ignore[assignment,misc]
+from django.utils import deprecation as _django_deprecation
 
 __all__ = ["MailkitDeprecationWarning", "RemovedInDjango2028Warning"]
 
+# Django 6.0+ (PendingDeprecationWarning); Django 5.2 has no such class.
+_Category: type[Warning] = getattr(
+    _django_deprecation, "RemovedInDjango2028Warning", DeprecationWarning
+)
 
-class MailkitDeprecationWarning(_Category):  # type: ignore[valid-type,misc]
+
+class MailkitDeprecationWarning(_Category):  # type: ignore[misc,valid-type]
     """A django_mailkit feature that Django 6.1 deprecates was used."""
 
 
-if _Category is DeprecationWarning:
-    RemovedInDjango2028Warning = MailkitDeprecationWarning
-else:
-    RemovedInDjango2028Warning = _Category
+#: The category to filter or assert on: Django's class where it exists,
+#: MailkitDeprecationWarning (a DeprecationWarning) on Django 5.2.
+RemovedInDjango2028Warning: type[Warning] = (
+    MailkitDeprecationWarning if _Category is DeprecationWarning else _Category
+)
 
 # The messages: Django 6.1's text, word for word (users' tests assert them).
 

@@ -208,7 +208,9 @@ def warn_if_no_default_mailer() -> None:
     """
     if conf.mailers_setting() is not None:
         return
-    if not any(settings.is_overridden(name) for name in conf.DEPRECATED_SETTINGS):
+    # (django-stubs types the lazy settings as Settings.)
+    overridden = settings.is_overridden  # type: ignore[misc]
+    if not any(overridden(name) for name in conf.DEPRECATED_SETTINGS):
         deprecation.warn(deprecation.NO_DEFAULT_MAILER, internal_ok=False)
 
 

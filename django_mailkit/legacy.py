@@ -50,7 +50,7 @@ if django.VERSION >= (6, 0):
     sanitize_address = _django_message.sanitize_address
 else:
 
-    def forbid_multi_line_headers(name: str, val: Any, encoding: str | None) -> Any:
+    def forbid_multi_line_headers(name: str, val: Any, encoding: Any) -> Any:
         """Forbid multi-line headers (deprecated: Python's email API does)."""
         deprecation.warn(deprecation.FORBID_MULTI_LINE_HEADERS)
         return _django_message.forbid_multi_line_headers(name, val, encoding)

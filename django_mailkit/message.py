@@ -94,7 +94,7 @@ _TOLERATED_DEFECTS = frozenset(
 )
 
 
-class BadHeaderError(_DjangoBadHeaderError):
+class BadHeaderError(_DjangoBadHeaderError):  # type: ignore[misc,valid-type]
     """
     A header name or value is unsafe (for example, contains a line break).
 
