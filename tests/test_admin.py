@@ -165,6 +165,13 @@ def action_post(action, *records, **extra):
     }
 
 
+def without_raw_source(page):
+    """The page without its "Raw source" tab (the message's bytes, as text)."""
+    return re.sub(
+        r'<pre class="mailkit-text mailkit-raw">.*?</pre>', "", page, flags=re.S
+    )
+
+
 def confirm_form(page):
     """The confirmation page's form: the fields it posts back."""
     form = re.search(r'<form method="post">(.*?)</form>', page, re.S).group(1)
@@ -738,11 +745,15 @@ class TestMessagePage:
         assert '<th scope="row">Message-ID</th>' in page
         # The plain text is escaped, as text.
         assert "Plain &lt;b&gt;not bold&lt;/b&gt; text" in page
-        # The HTML is never in the admin page: only in a sandboxed iframe.
-        assert HTML_MARKER not in page
-        assert "tracker.example.net" not in page
+        # The HTML is never in the admin page: only in a sandboxed iframe
+        # (and, escaped, as text in the raw source).
+        assert HTML_MARKER not in without_raw_source(page)
+        assert f"&lt;p&gt;{HTML_MARKER}&lt;/p&gt;" in page
+        assert "tracker.example.net" not in without_raw_source(page)
         (frame,) = iframes(page)
-        assert "sandbox" in frame and not frame["sandbox"]  # no allow-* at all
+        # No allow-scripts, forms, popups or navigation: only the origin, so
+        # the admin page can read the preview's height.
+        assert frame["sandbox"] == "allow-same-origin"
         assert frame["src"] == admin_url("preview", record.pk)
         assert frame["referrerpolicy"] == "no-referrer"
         # Attachments and inline parts, each with its own download link.
@@ -787,6 +798,99 @@ class TestMessagePage:
         assert 'mailkit-rcpt-failed">Failed</span>' in page
         assert 'mailkit-outcome-partial">Partially sent</span>' in page
 
+    def test_a_retry_that_delivered_nothing_is_not_partially_sent(
+        self, superuser_client, smtp_server
+    ):
+        with outbox_mailers(mailer_config(smtp_server)):
+            record = queue(to=["ann@example.com", "refused-bob@example.com"])
+            Worker(once=True, interval=0).run()
+            # The first delivery happened at a known time.
+            first = timezone.now().replace(microsecond=0) - timedelta(hours=3)
+            Attempt.objects.filter(message=record).update(finished_at=first)
+            OutboxMessage.objects.filter(pk=record.pk).requeue()
+            Worker(once=True, interval=0).run()
+        record.refresh_from_db()
+        assert record.status == Status.PARTIAL  # over both attempts: true
+        second = Attempt.objects.get(message=record, number=2)
+        assert list(second.recipients) == ["refused-bob@example.com"]
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        outcomes = re.findall(r'mailkit-outcome-(\w+)">([^<]+)</span>', page)
+        assert outcomes == [
+            ("partial", "Partially sent"),
+            ("failed", "Delivered to nobody"),
+        ]
+        # The first delivery time, not the retry's.
+        delivered = re.search(
+            r"First delivered:</label>\s*<div class=\"readonly\">(.*?)</div>",
+            page,
+            re.S,
+        ).group(1)
+        assert first.strftime("%Y-%m-%d %H:%M:%S") in delivered
+        assert "3\xa0hours ago" in delivered
+        # A permanent refusal, said as such.
+        assert "Permanent failure: 1 recipient was refused for good" in page
+        assert "Retries ran out" not in page
+
+    def test_retries_that_ran_out_are_not_called_permanent(
+        self, superuser_client, smtp_server
+    ):
+        smtp_server.refuse_recipient("bob@example.com", "451 4.7.1 Greylisted")
+        with outbox_mailers(mailer_config(smtp_server), MAX_ATTEMPTS=1):
+            record = queue(to=["ann@example.com", "bob@example.com"])
+            Worker(once=True, interval=0).run()
+        record.refresh_from_db()
+        assert record.status == Status.PARTIAL
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        assert (
+            "Retries ran out: 1 recipient failed only temporarily (4xx replies "
+            "or connection errors), 1 attempts in a row." in page
+        )
+        assert "Permanent failure" not in page
+
+    def test_lease_fields_only_while_unfinished(self, superuser_client):
+        record = queue()
+        labels = ("Next attempt:", "Claimed by:", "Lease expires:")
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        assert all(label in page for label in labels)
+        assert "Why it failed:" not in page
+        for status in (Status.SENT, Status.FAILED, Status.CANCELLED):
+            set_status(record, status)
+            page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+            assert not any(label in page for label in labels), status
+
+    def test_to_cc_bcc_and_times(self, superuser_client):
+        record = queue(
+            to=["ann@example.com"], cc=["Bob <bob@example.com>"], bcc=["c@example.com"]
+        )
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        rows = re.findall(
+            r"<td>([^<]+)</td>\s*<td class=\"mailkit-field\">(\w+)</td>", page
+        )
+        assert rows == [
+            ("ann@example.com", "To"),
+            ("bob@example.com", "Cc"),
+            ("c@example.com", "Bcc"),
+        ]
+        created = re.search(
+            r"Created:</label>\s*<div class=\"readonly\">(.*?)</div>", page, re.S
+        ).group(1)
+        assert re.search(
+            r"<time datetime=\"[^\"]+\">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", created
+        )
+        assert re.search(r"\(\d+ seconds? ago\)", created)
+
+    def test_a_resent_copy_and_its_original_link_to_each_other(self, superuser_client):
+        original = set_status(queue("Receipt"), Status.SENT)
+        copy = original.resend()
+        page = superuser_client.get(admin_url("change", copy.pk)).content.decode()
+        assert (
+            f'<a href="{admin_url("change", original.pk)}">message {original.pk}'
+            in page
+        )
+        page = superuser_client.get(admin_url("change", original.pk)).content.decode()
+        assert f'<a href="{admin_url("change", copy.pk)}">message {copy.pk}</a>' in page
+        assert "Resent from:" not in page
+
     def test_a_message_without_html(self, superuser_client):
         record = queue()
         page = superuser_client.get(admin_url("change", record.pk)).content.decode()
@@ -823,7 +927,7 @@ class TestPreviewSafety:
         assert policy["style-src"] == "'unsafe-inline'"
         assert policy["frame-ancestors"] == "'self'"
         assert policy["form-action"] == "'none'"
-        assert "sandbox" in policy and policy["sandbox"] == ""
+        assert policy["sandbox"] == "allow-same-origin"
         assert "script-src" not in policy
         assert response["X-Content-Type-Options"] == "nosniff"
         assert response["X-Frame-Options"] == "SAMEORIGIN"  # the admin may frame it
@@ -834,9 +938,11 @@ class TestPreviewSafety:
         assert "<script>" in response.content.decode()
         # ... and never inlined into the admin page.
         admin_page = page.content.decode()
+        assert "<script>" not in admin_page.replace("<script src=", "")
+        admin_page = without_raw_source(admin_page)
         assert HTML_MARKER not in admin_page and "pwned" not in admin_page
         (frame,) = iframes(admin_page)
-        assert "sandbox" in frame and not frame["sandbox"]  # no allow-* at all
+        assert frame["sandbox"] == "allow-same-origin"  # never allow-scripts
 
     def test_remote_images_only_on_request(self, superuser_client):
         record, png = inline_image_message()

@@ -24,12 +24,19 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
 from django.http import HttpResponse
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html
 from django.utils.http import content_disposition_header
+from django.utils.timesince import timesince, timeuntil
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 __all__ = [
     "PREVIEW_CSP",
@@ -42,14 +49,18 @@ __all__ = [
 
 #: The HTML preview's policy: no script, no plugins, no forms, no frames,
 #: no fetches; inline styles and embedded images only; framed by the admin
-#: alone. ``sandbox`` gives the document an opaque origin even when it is
-#: opened as a page of its own, so it can never act as the admin.
+#: alone. ``sandbox allow-same-origin`` keeps the document from running
+#: anything even when it is opened as a page of its own, while the admin
+#: page (never the email) may read its height to size the iframe: without
+#: ``allow-scripts`` nothing in the document can use that origin.
 PREVIEW_CSP = (
     "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'; "
-    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; "
+    "sandbox allow-same-origin"
 )
 #: The same, when the user asked for remote images (they reveal that the
-#: message was opened, and from where, to whoever serves them).
+#: message was opened, and from where, to whoever serves them). Images
+#: only: every other fetch stays blocked.
 PREVIEW_CSP_REMOTE_IMAGES = PREVIEW_CSP.replace(
     "img-src data: cid:;", "img-src data: cid: https: http:;"
 )
@@ -92,6 +103,14 @@ class ParsedMessage:
                 value = str(raw)
             result.append((name, value))
         return result
+
+    def addresses(self, name: str) -> list[str]:
+        """The addr-specs in header ``name`` (To, Cc...); [] if absent or bad."""
+        try:
+            header = self.message.get(name)
+            return [a.addr_spec for a in getattr(header, "addresses", ())]
+        except Exception:  # the email package's parsers raise anything
+            return []
 
     @cached_property
     def _nodes(self) -> list[email.message.MIMEPart]:
@@ -284,3 +303,121 @@ def preview_response(
     # Remote images, when allowed, must not learn the admin's URLs.
     response["Referrer-Policy"] = "no-referrer"
     return response
+
+
+# What the message page says about times, attempts and failures.
+
+
+def when(value: datetime | None) -> str:
+    """A time with seconds, and beside it how long ago (or how soon) it is."""
+    if value is None:
+        return "—"
+    local = timezone.localtime(value)
+    now = timezone.now()
+    seconds = int(abs((now - value).total_seconds()))
+    if seconds < 60:
+        relative = (
+            ngettext("%d second ago", "%d seconds ago", seconds)
+            if value <= now
+            else ngettext("in %d second", "in %d seconds", seconds)
+        ) % seconds
+    elif value <= now:
+        relative = _("%(delta)s ago") % {"delta": timesince(value, now, depth=1)}
+    else:
+        relative = _("in %(delta)s") % {"delta": timeuntil(value, now, depth=1)}
+    return format_html(
+        '<time datetime="{}">{}</time> <span class="mailkit-relative">({})</span>',
+        value.isoformat(),
+        date_format(local, "Y-m-d H:i:s T"),
+        relative,
+    )
+
+
+def attempt_outcome(attempt: Any) -> tuple[str, str]:
+    """
+    What one attempt did, as (css kind, label), judged by its own replies.
+
+    The stored outcome of a retry that finishes a message says what the
+    message became over all its attempts: a retry that delivered nothing to
+    a message partly delivered before is stored as "partial". Label the
+    attempt by what it did.
+    """
+    replies = list((attempt.recipients or {}).values())
+    accepted = sum(1 for code, _reply in replies if code is None or code < 400)
+    refused = len(replies) - accepted
+    if accepted and refused:
+        return "partial", str(_("Partially sent"))
+    if accepted:
+        return "sent", str(_("Sent"))
+    if refused:
+        temporary = all(400 <= (code or 0) < 500 for code, _reply in replies)
+        if attempt.outcome == "retry" and temporary:
+            return "retry", str(_("Temporary failure"))
+        return "failed", str(_("Delivered to nobody"))
+    return attempt.outcome, str(attempt.get_outcome_display())
+
+
+def first_delivery(attempts: list[Any]) -> datetime | None:
+    """When the first recipient accepted the message, from its attempts."""
+    for attempt in sorted(attempts, key=lambda a: a.number):
+        kind, _label = attempt_outcome(attempt)
+        if kind in ("sent", "partial"):
+            return attempt.finished_at  # type: ignore[no-any-return]
+    return None
+
+
+def failure_summary(
+    obj: Any, recipients: list[Any], attempts: list[Any], max_attempts: int
+) -> list[str]:
+    """
+    Say why a failed or partially sent message failed: a permanent refusal
+    (a 5xx reply), or temporary failures until the retries ran out.
+    """
+    failed = [r for r in recipients if r.status == "failed"]
+    if obj.status not in ("failed", "partial") or not failed:
+        return []
+    permanent = [r for r in failed if r.smtp_code and 500 <= r.smtp_code < 600]
+    temporary = [r for r in failed if r.smtp_code and 400 <= r.smtp_code < 500]
+    unknown = [r for r in failed if not r.smtp_code]
+    budget_spent = obj.attempts - obj.requeued_attempts >= max_attempts
+    if unknown and budget_spent:
+        temporary += unknown
+    else:
+        permanent += unknown
+    lines = []
+    if permanent:
+        lines.append(
+            ngettext(
+                "Permanent failure: %(count)d recipient was refused for good "
+                "(a 5xx reply, or an error retrying can't fix). It was not retried.",
+                "Permanent failure: %(count)d recipients were refused for good "
+                "(a 5xx reply, or an error retrying can't fix). They were not "
+                "retried.",
+                len(permanent),
+            )
+            % {"count": len(permanent)}
+        )
+    if temporary:
+        lines.append(
+            ngettext(
+                "Retries ran out: %(count)d recipient failed only temporarily "
+                "(4xx replies or connection errors), %(attempts)d attempts in a row.",
+                "Retries ran out: %(count)d recipients failed only temporarily "
+                "(4xx replies or connection errors), %(attempts)d attempts in a row.",
+                len(temporary),
+            )
+            % {
+                "count": len(temporary),
+                "attempts": obj.attempts - obj.requeued_attempts,
+            }
+        )
+    return lines
+
+
+def header_fields(message: ParsedMessage) -> dict[str, str]:
+    """{address in lower case: "To" or "Cc"}, from the message's headers."""
+    fields: dict[str, str] = {}
+    for name in ("Cc", "To"):  # To wins when an address is in both
+        for address in message.addresses(name):
+            fields[address.lower()] = name
+    return fields

@@ -26,12 +26,13 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, ngettext_lazy
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
+from .. import conf
 from ..models import (
     FINAL_STATUSES,
     OutboxMessage,
@@ -40,7 +41,14 @@ from ..models import (
     resend_messages,
 )
 from .changelist import MailerFilter, OutboxChangeList, OutboxPaginator, dashboard
-from .display import ParsedMessage
+from .display import (
+    ParsedMessage,
+    attempt_outcome,
+    failure_summary,
+    first_delivery,
+    header_fields,
+    when,
+)
 from .legacy import (
     CHANGE_FORM_ACTIONS,
     OBJECT_ACTIONS,
@@ -60,6 +68,8 @@ else:
 
 __all__ = ["OutboxMessageAdmin", "resend_messages"]
 
+#: How much of a message's source the "Raw source" tab shows.
+RAW_SOURCE_SHOWN = 64 * 1024
 #: How much of a message's last error the changelist shows.
 ERROR_COLUMN_CHARS = 90
 
@@ -130,15 +140,18 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
             {
                 "fields": [
                     "display_status",
+                    "display_failure",
                     "subject",
                     "from_email",
                     "display_envelope",
                     "message_id",
                     "mailer",
                     "attempts",
-                    "created_at",
-                    "sent_at",
+                    "display_created_at",
+                    "display_sent_at",
                     "last_error",
+                    "display_resent_from",
+                    "display_resends",
                 ]
             },
         ),
@@ -148,14 +161,19 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 "classes": ["collapse"],
                 "fields": [
                     "queued_via",
-                    "next_attempt_at",
+                    "display_next_attempt_at",
                     "claimed_by",
-                    "lease_expires_at",
-                    "updated_at",
+                    "display_lease_expires_at",
+                    "display_updated_at",
                 ],
             },
         ),
     ]
+    #: Fields that only mean something while a message is queued or being
+    #: sent; a finished message hides them.
+    lease_fields = frozenset(
+        {"display_next_attempt_at", "claimed_by", "display_lease_expires_at"}
+    )
     # Only names in these fieldsets (no tuples of names).
     readonly_fields = [
         field  # type: ignore[misc]
@@ -200,6 +218,99 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
             '<span class="mailkit-last-error" title="{}">{}</span>',
             obj.last_error,
             Truncator(" ".join(obj.last_error.split())).chars(ERROR_COLUMN_CHARS),
+        )
+
+    # The message page.
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The fields that mean something for ``obj`` in its current state."""
+        hidden: set[str] = set()
+        if obj is not None:
+            if obj.status in FINAL_STATUSES:
+                hidden |= self.lease_fields
+            if obj.status not in (Status.FAILED, Status.PARTIAL):
+                hidden.add("display_failure")
+            if not obj.last_error:
+                hidden.add("last_error")
+            if obj.resent_from_id is None:
+                hidden.add("display_resent_from")
+            if not obj.resends.exists():
+                hidden.add("display_resends")
+        return [
+            (
+                name,
+                {
+                    **options,
+                    "fields": [f for f in options["fields"] if f not in hidden],
+                },
+            )
+            for name, options in super().get_fieldsets(request, obj)
+        ]
+
+    @admin.display(description=_("created"))
+    def display_created_at(self, obj: OutboxMessage) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description=_("first delivered"))
+    def display_sent_at(self, obj: OutboxMessage) -> str:
+        # The first attempt a recipient accepted; sent_at may be a later one.
+        return when(first_delivery(list(obj.attempt_set.all())) or obj.sent_at)
+
+    @admin.display(description=_("updated"))
+    def display_updated_at(self, obj: OutboxMessage) -> str:
+        return when(obj.updated_at)
+
+    @admin.display(description=_("next attempt"))
+    def display_next_attempt_at(self, obj: OutboxMessage) -> str:
+        return when(obj.next_attempt_at)
+
+    @admin.display(description=_("lease expires"))
+    def display_lease_expires_at(self, obj: OutboxMessage) -> str:
+        return when(obj.lease_expires_at)
+
+    @admin.display(description=_("why it failed"))
+    def display_failure(self, obj: OutboxMessage) -> str:
+        lines = failure_summary(
+            obj,
+            list(obj.recipient_set.all()),
+            list(obj.attempt_set.all()),
+            conf.max_attempts(),
+        )
+        return (
+            format_html_join(
+                "", '<p class="mailkit-failure">{}</p>', ((line,) for line in lines)
+            )
+            or "—"
+        )
+
+    @admin.display(description=_("resent from"))
+    def display_resent_from(self, obj: OutboxMessage) -> str:
+        if obj.resent_from_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>',
+            self._url("change", quote(obj.resent_from_id)),
+            _("message %(id)s (this is a resent copy of it)")
+            % {"id": obj.resent_from_id},
+        )
+
+    @admin.display(description=_("resent as"))
+    def display_resends(self, obj: OutboxMessage) -> str:
+        copies = list(obj.resends.order_by("pk").only("pk", "status"))
+        return (
+            format_html_join(
+                ", ",
+                '<a href="{}">{}</a> ({})',
+                (
+                    (
+                        self._url("change", quote(copy.pk)),
+                        _("message %(id)s") % {"id": copy.pk},
+                        copy.get_status_display(),
+                    )
+                    for copy in copies
+                ),
+            )
+            or "—"
         )
 
     @admin.display(description=_("envelope recipients"))
@@ -543,17 +654,49 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         remote_images = request.GET.get("remote_images") == "1"
         preview_url = self._url("preview", quote(obj.pk))
         pk = quote(obj.pk)
-        attempts = [
+        attempts = []
+        for attempt in obj.attempt_set.all():
+            kind, label = attempt_outcome(attempt)
+            attempts.append(
+                {
+                    "attempt": attempt,
+                    "kind": kind,
+                    "label": label,
+                    "started": when(attempt.started_at),
+                    "recipients": [
+                        {"address": address, "code": result[0], "reply": result[1]}
+                        for address, result in (attempt.recipients or {}).items()
+                    ],
+                }
+            )
+        fields = header_fields(message)
+        recipients = [
             {
-                "attempt": attempt,
-                "recipients": [
-                    {"address": address, "code": result[0], "reply": result[1]}
-                    for address, result in (attempt.recipients or {}).items()
-                ],
+                "recipient": recipient,
+                "field": fields.get(recipient.address.lower(), "Bcc"),
+                "updated": when(recipient.updated_at),
             }
-            for attempt in obj.attempt_set.all()
+            for recipient in obj.recipient_set.all()
         ]
+        mime = bytes(obj.mime)
+        raw = mime[:RAW_SOURCE_SHOWN]
+        has_html = message.has_html
+        tabs = [
+            ("html", _("HTML")),
+            ("text", _("Plain text")),
+            ("headers", _("Headers")),
+            ("raw", _("Raw source")),
+        ]
+        selected = "html" if has_html else "text"
         return {
+            "tabs": [
+                {"name": name, "label": label, "selected": name == selected}
+                for name, label in tabs
+            ],
+            "raw": raw.decode("utf-8", "replace"),
+            "raw_shown": len(raw),
+            "raw_truncated": len(raw) < len(mime),
+            "size": len(mime),
             "message": message,
             "eml_url": self._url("eml", pk),
             "preview_url": preview_url + ("?remote_images=1" if remote_images else ""),
@@ -562,7 +705,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 {"part": part, "url": self._url("part", pk, part.index)}
                 for part in message.parts
             ],
-            "recipients": obj.recipient_set.all(),
+            "recipients": recipients,
             "attempts": attempts,
             "object_actions": self.object_action_buttons(request, obj),
         }
