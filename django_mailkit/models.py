@@ -337,7 +337,8 @@ class OutboxMessage(models.Model):
             "last_error": error,
         }
         if status in (Status.SENT, Status.PARTIAL):
-            fields["sent_at"] = timezone.now()
+            # When it was first delivered: a later retry doesn't move it.
+            fields["sent_at"] = self.sent_at or timezone.now()
         return fields
 
     def retry_fields(self, *, error: str) -> dict[str, Any]:

@@ -807,10 +807,13 @@ class TestMessagePage:
             # The first delivery happened at a known time.
             first = timezone.now().replace(microsecond=0) - timedelta(hours=3)
             Attempt.objects.filter(message=record).update(finished_at=first)
+            record.refresh_from_db()
+            first_sent_at = record.sent_at
             OutboxMessage.objects.filter(pk=record.pk).requeue()
             Worker(once=True, interval=0).run()
         record.refresh_from_db()
         assert record.status == Status.PARTIAL  # over both attempts: true
+        assert record.sent_at == first_sent_at  # the "sent" column doesn't move
         second = Attempt.objects.get(message=record, number=2)
         assert list(second.recipients) == ["refused-bob@example.com"]
         page = superuser_client.get(admin_url("change", record.pk)).content.decode()
