@@ -20,21 +20,18 @@ Classification:
 from __future__ import annotations
 
 import email.policy
-import functools
-import json
+import enum
 import logging
-import operator
 import smtplib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import AddressHeader
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router, transaction
-from django.db.models import Field
+from django.db import router
 from django.utils import timezone
 
 from . import conf
@@ -42,32 +39,65 @@ from .backends.base import BaseEmailBackend
 from .envelope import stored_envelope
 from .handler import mailers
 from .message import EmailMessage
-from .models import Attempt, OutboxMessage, Recipient, RecipientStatus, Status
+from .models import Attempt, AttemptRecord, OutboxMessage, Recipient, RecipientStatus
 from .smtp_session import Transmission, accepted, decode_reply
-
-if TYPE_CHECKING:
-    from django.db.models.options import Options
 
 logger = logging.getLogger("django_mailkit.delivery")
 
-__all__ = ["BatchResult", "deliver_batch"]
+__all__ = ["BatchResult", "Result", "deliver_batch"]
+
+
+class Result(enum.Enum):
+    """What became of one claimed message in a batch."""
+
+    SENT = "sent"
+    PARTIAL = "partial"
+    #: Queued again, after a backoff.
+    RETRY = "retry"
+    FAILED = "failed"
+    #: Given back to the queue untried (the worker is stopping).
+    RELEASED = "released"
+    #: Another worker holds the message now (this one's lease ran out):
+    #: nothing was written.
+    LEASE_LOST = "lease lost"
 
 
 @dataclass
 class BatchResult:
-    """What a batch did: message ids by outcome."""
+    """What a batch did: message ids by result."""
 
     sent: list[int] = field(default_factory=list)
     partial: list[int] = field(default_factory=list)
     retry: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    #: Released untried.
     skipped: list[int] = field(default_factory=list)
+    lease_lost: list[int] = field(default_factory=list)
 
-    def add(self, outcome: str, message_id: int) -> None:
-        getattr(self, outcome).append(message_id)
+    def add(self, result: Result, message_id: int) -> None:
+        self._lists[result].append(message_id)
+
+    @property
+    def _lists(self) -> dict[Result, list[int]]:
+        return {
+            Result.SENT: self.sent,
+            Result.PARTIAL: self.partial,
+            Result.RETRY: self.retry,
+            Result.FAILED: self.failed,
+            Result.RELEASED: self.skipped,
+            Result.LEASE_LOST: self.lease_lost,
+        }
+
+    def of(self, message_id: int) -> Result | None:
+        """What became of ``message_id`` in this batch (None: not in it)."""
+        for result, ids in self._lists.items():
+            if message_id in ids:
+                return result
+        return None
 
     @property
     def handled(self) -> int:
+        """Messages attempted and recorded."""
         return len(self.sent) + len(self.partial) + len(self.retry) + len(self.failed)
 
 
@@ -117,11 +147,22 @@ def _header_addresses(parsed: Any, name: str) -> list[str]:
     return [str(address) for address in header.addresses]
 
 
+Kind = Attempt.Outcome
+
+#: The Result of recording each kind of outcome.
+_RESULTS = {
+    Kind.SENT: Result.SENT,
+    Kind.PARTIAL: Result.PARTIAL,
+    Kind.RETRY: Result.RETRY,
+    Kind.FAILED: Result.FAILED,
+}
+
+
 @dataclass(kw_only=True)
 class Outcome:
-    """The result of one attempt, before it is written."""
+    """What one attempt's transaction returned, before it is classified."""
 
-    kind: str = field(kw_only=False)  # an Attempt.Outcome value
+    kind: Kind = field(kw_only=False)
     #: The connection can't be used for another message.
     connection_lost: bool = False
     replies: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
@@ -141,7 +182,9 @@ def deliver_batch(
     Deliver messages leased to ``worker``, one connection per mailer.
 
     ``should_stop`` is asked before each message; once it says yes, the
-    remaining messages are released to the queue untried.
+    remaining messages are released to the queue untried. Each message is
+    charged its attempt (and its lease renewed, and its bytes loaded) right
+    before it is sent; a message whose lease was lost meanwhile is not sent.
     """
     lease = lease or timedelta(seconds=conf.lease_seconds())
     result = BatchResult()
@@ -167,20 +210,28 @@ def deliver_batch(
     try:
         for record in messages:
             if should_stop is not None and should_stop():
-                record.release()
-                result.add("skipped", record.pk)
-                continue
-            if not _still_ours(record, lease):
-                result.add("skipped", record.pk)
+                if record.release():
+                    result.add(Result.RELEASED, record.pk)
+                else:
+                    result.add(Result.LEASE_LOST, record.pk)
                 continue
             started = timezone.now()
-            backend = _connection_for(record.mailer, connections)
-            outcome = _attempt(record, backend, pending[record.pk])
+            # The fence before the send: a worker paused past its lease
+            # learns here that the message is someone else's now.
+            if not record.begin_attempt(lease):
+                _lease_lost(record, worker, "before sending")
+                result.add(Result.LEASE_LOST, record.pk)
+                continue
+            try:
+                backend = _connection_for(record.mailer, connections)
+                outcome = _attempt(record, backend, pending[record.pk])
+            finally:
+                record.forget_bytes()
             if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
                 # Start afresh for the next message of this mailer. (A mailer
                 # that could not even connect stays failed for this batch.)
                 _close(connections.pop(record.mailer, None))
-            kind = _record(
+            attempt = _classify(
                 record,
                 outcome,
                 worker=worker,
@@ -189,20 +240,36 @@ def deliver_batch(
                 delivered_before=record.pk in delivered_before,
                 failed_before=record.pk in failed_before,
             )
-            result.add(kind, record.pk)
+            if not record.record_attempt(attempt):
+                # Sent, but another worker holds the message now: its record
+                # stands (see the README on the accepted-but-not-recorded
+                # window).
+                _lease_lost(record, worker, "after sending")
+                result.add(Result.LEASE_LOST, record.pk)
+                continue
+            if attempt.outcome != Kind.SENT:
+                logger.warning(
+                    "Outbox message %s: %s. %s",
+                    record.pk,
+                    attempt.outcome.label,
+                    attempt.error,
+                )
+            result.add(_RESULTS[attempt.outcome], record.pk)
     finally:
         for backend in connections.values():
             _close(backend)
     return result
 
 
-def _still_ours(record: OutboxMessage, lease: timedelta) -> bool:
-    # Renew a lease that is past half its length, so a long batch never
-    # runs into expiry (which would let another worker send the same mail).
-    assert record.lease_expires_at is not None
-    if record.lease_expires_at - timezone.now() > lease / 2:
-        return True
-    return record.renew_lease(lease)
+def _lease_lost(record: OutboxMessage, worker: str, when: str) -> None:
+    logger.warning(
+        "Outbox message %s: lease lost %s (worker %s, claim %s); another "
+        "worker holds it now, so nothing was recorded.",
+        record.pk,
+        when,
+        worker,
+        record.claim_token,
+    )
 
 
 def _connection_for(
@@ -230,20 +297,20 @@ def _attempt(
     record: OutboxMessage, backend: BaseEmailBackend | Exception, pending: list[str]
 ) -> Outcome:
     if not pending:
-        return Outcome("sent")
+        return Outcome(Kind.SENT)
     # The stored row is not trusted: an address that fails the envelope
     # check (a tampered or migrated row) fails that recipient, here, and
     # never reaches the wire; the others go ahead.
     try:
         envelope, invalid = stored_envelope(record.from_email, pending)
     except (ValueError, TypeError) as exc:
-        return Outcome("failed", error=f"Not sent: {exc}")
+        return Outcome(Kind.FAILED, error=f"Not sent: {exc}")
     refused: dict[str, tuple[int | None, str]] = {
         address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
         for address, reason in invalid.items()
     }
     if not envelope.recipients:
-        return Outcome("failed", replies=refused, error="; ".join(invalid.values()))
+        return Outcome(Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
     if isinstance(backend, Exception):
         outcome = _failure(backend)
     else:
@@ -266,8 +333,8 @@ def _send(record: OutboxMessage, backend: BaseEmailBackend, envelope: Any) -> Ou
         stored = StoredMessage(record, list(envelope.recipients))
         if backend.send_messages([stored]):
             replies = {address: (None, "") for address in envelope.recipients}
-            return Outcome("sent", replies=dict(replies))
-        return Outcome("retry", error="The mailer reported the message as not sent.")
+            return Outcome(Kind.SENT, replies=dict(replies))
+        return Outcome(Kind.RETRY, error="The mailer reported the message as not sent.")
     except Exception as exc:
         return _failure(exc)
 
@@ -291,13 +358,13 @@ def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
         error = f"{type(transmission.error).__name__}: {transmission.error}"
     codes = [c for c, _ in replies.values() if c is not None]
     if transmission.error is not None or any(400 <= c < 500 for c in codes):
-        kind = "retry"
+        kind = Kind.RETRY
     elif all(accepted(c) for c in codes):
-        kind = "sent"
+        kind = Kind.SENT
     elif any(accepted(c) for c in codes):
-        kind = "partial"
+        kind = Kind.PARTIAL
     else:
-        kind = "failed"
+        kind = Kind.FAILED
     return Outcome(
         kind,
         replies=replies,
@@ -318,7 +385,7 @@ def _failure(exc: BaseException) -> Outcome:
         }
         temporary = any(400 <= code < 500 for code, _ in replies.values())
         return Outcome(
-            "retry" if temporary else "failed",
+            Kind.RETRY if temporary else Kind.FAILED,
             replies=replies,
             connection_lost=any(code == 421 for code, _ in replies.values()),
             error=text,
@@ -328,7 +395,7 @@ def _failure(exc: BaseException) -> Outcome:
         text = f"{type(exc).__name__}: {code} {reply}"
         temporary = not 500 <= code < 600
         return Outcome(
-            "retry" if temporary else "failed",
+            Kind.RETRY if temporary else Kind.FAILED,
             # 421: the server is closing the connection.
             connection_lost=code == 421,
             code=code,
@@ -336,14 +403,14 @@ def _failure(exc: BaseException) -> Outcome:
             error=text,
         )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return Outcome("failed", error=text)  # e.g. SMTPUTF8 needed, not offered
+        return Outcome(Kind.FAILED, error=text)  # e.g. SMTPUTF8 needed, not offered
     if isinstance(exc, OSError | ImproperlyConfigured):
         # Network trouble, or a mailer misconfiguration someone may fix.
-        return Outcome("retry", connection_lost=True, error=text)
-    return Outcome("failed", error=text)
+        return Outcome(Kind.RETRY, connection_lost=True, error=text)
+    return Outcome(Kind.FAILED, error=text)
 
 
-def _record(
+def _classify(
     record: OutboxMessage,
     outcome: Outcome,
     *,
@@ -352,14 +419,14 @@ def _record(
     pending: list[str],
     delivered_before: bool,
     failed_before: bool,
-) -> str:
+) -> AttemptRecord:
     """
-    Write one attempt's outcome: recipients, the attempt, the message.
+    Decide what one attempt means: each recipient's fate and the message's.
 
-    One transaction, committed before the next message is sent: the window
-    in which a crash could make this message go out twice stays this short.
+    A temporary failure is retried until the retry budget is spent; then
+    what is still pending fails. A final status is the recipients', over
+    all the message's attempts.
     """
-    now = timezone.now()
     kind = outcome.kind
     error = outcome.error or (
         f"{outcome.code} {outcome.reply}"
@@ -377,57 +444,39 @@ def _record(
     rows: dict[str, tuple[str, int | None, str]] = {}
     for address, (code, reply) in outcome.replies.items():
         rows[address] = (_recipient_status(code), code, reply)
-    if not outcome.replies and kind == "failed":
+    if not outcome.replies and kind == Kind.FAILED:
         for address in pending:
             rows[address] = (
                 RecipientStatus.FAILED,
                 outcome.code,
                 outcome.reply or outcome.error,
             )
-    if (
-        kind == "retry"
-        and record.attempts - record.requeued_attempts >= conf.max_attempts()
-    ):
+    final = kind != Kind.RETRY
+    if not final and record.attempts - record.requeued_attempts >= conf.max_attempts():
         # Out of attempts: what is still pending fails.
         for address in pending:
             status, code, reply = rows.get(address, (RecipientStatus.PENDING, None, ""))
             if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
                 rows[address] = (RecipientStatus.FAILED, code, reply or error)
-        kind = "final"
-    if kind != "retry":
+        final = True
+    if final:
         # The message's fate is its recipients', over all its attempts.
         states = {status for status, _, _ in rows.values()}
         delivered = delivered_before or RecipientStatus.SENT in states
         failed = failed_before or RecipientStatus.FAILED in states
-        kind = ("partial" if failed else "sent") if delivered else "failed"
-    attempt = {
-        "message_id": record.pk,
-        "number": record.attempts,
-        "started_at": started,
-        "finished_at": now,
-        "worker": worker,
-        "outcome": kind,
-        "smtp_code": outcome.code,
-        "smtp_reply": outcome.reply,
-        "error": outcome.error,
-        "recipients": {
-            a: [code, reply] for a, (code, reply) in outcome.replies.items()
-        },
-    }
-    if kind == "retry":
-        fields = record.retry_fields(error=error)
-    else:
-        final = {
-            "sent": Status.SENT,
-            "partial": Status.PARTIAL,
-            "failed": Status.FAILED,
-        }
-        fields = record.finish_fields(final[kind], error=error)
-    fields["updated_at"] = now
-    _write(record, rows, attempt, fields)
-    if kind != "sent":
-        logger.warning("Outbox message %s: %s. %s", record.pk, kind, error)
-    return kind
+        kind = (Kind.PARTIAL if failed else Kind.SENT) if delivered else Kind.FAILED
+    return AttemptRecord(
+        outcome=kind,
+        worker=worker,
+        started_at=started,
+        finished_at=timezone.now(),
+        error=error,
+        attempt_error=outcome.error,
+        smtp_code=outcome.code,
+        smtp_reply=outcome.reply,
+        replies=outcome.replies,
+        recipients=rows,
+    )
 
 
 def _recipient_status(code: int | None) -> str:
@@ -436,163 +485,3 @@ def _recipient_status(code: int | None) -> str:
     if 400 <= code < 500:
         return RecipientStatus.DEFERRED
     return RecipientStatus.FAILED
-
-
-def _write(
-    record: OutboxMessage,
-    rows: dict[str, tuple[str, int | None, str]],
-    attempt: dict[str, Any],
-    fields: dict[str, Any],
-) -> None:
-    """Save the recipients' states, the attempt and the message's, atomically."""
-    db = router.db_for_write(OutboxMessage)
-    if connections[db].vendor == "postgresql":
-        _write_postgresql(record, rows, attempt, fields, db)
-        return
-    with transaction.atomic(using=db):
-        still_pending = Recipient.objects.filter(
-            message=record,
-            status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED),
-        )
-        # One UPDATE per distinct result: usually one for the whole message.
-        groups: dict[tuple[str, int | None, str], list[str]] = defaultdict(list)
-        for address, state in rows.items():
-            groups[state].append(address)
-        for (status, code, reply), addresses in groups.items():
-            still_pending.filter(address__in=addresses).update(
-                status=status,
-                smtp_code=code,
-                smtp_reply=reply,
-                updated_at=fields["updated_at"],
-            )
-        Attempt.objects.create(**attempt)
-        record._update_claimed(**fields)
-
-
-def _write_postgresql(
-    record: OutboxMessage,
-    rows: dict[str, tuple[str, int | None, str]],
-    attempt: dict[str, Any],
-    fields: dict[str, Any],
-    db: str,
-) -> None:
-    """
-    The same writes as _write(), in one statement and one round trip.
-
-    This runs once per delivered message, so on PostgreSQL the three writes
-    go in one statement with data-modifying CTEs, skipping the ORM's cost of
-    building three queries and three round trips.
-    """
-    states = set(rows.values())
-    # Usually every recipient has the same result: a plain UPDATE does.
-    shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
-    sql = _postgresql_sql(shape, tuple(fields))
-    connection = connections[db]
-    params: list[Any] = []
-    if shape == "uniform":
-        ((status, code, reply),) = states
-        params += [status, code, reply, fields["updated_at"], record.pk, list(rows)]
-    elif shape == "mixed":
-        addresses = list(rows)
-        params += [
-            fields["updated_at"],
-            addresses,
-            [rows[a][0] for a in addresses],
-            [rows[a][1] for a in addresses],
-            [rows[a][2] for a in addresses],
-            record.pk,
-        ]
-    params += [*_ATTEMPT_VALUES(attempt)[:-1], json.dumps(attempt["recipients"])]
-    params += list(fields.values())
-    params += [record.pk, record.claimed_by]
-    if _execute(connection, sql, params):
-        for name, value in fields.items():
-            setattr(record, name, value)
-
-
-# The attempt's columns, in the order _write_postgresql() passes them.
-_ATTEMPT_FIELDS = (
-    "message",
-    "number",
-    "started_at",
-    "finished_at",
-    "worker",
-    "outcome",
-    "smtp_code",
-    "smtp_reply",
-    "error",
-    "recipients",
-)
-_ATTEMPT_VALUES = operator.itemgetter(
-    "message_id", *(name for name in _ATTEMPT_FIELDS if name != "message")
-)
-
-
-def _execute(connection: Any, sql: str, params: list[Any]) -> int:
-    """Run ``sql`` with parameters bound on the server where psycopg 3 allows."""
-    connection.ensure_connection()
-    raw = connection.connection
-    try:
-        import psycopg
-    except ImportError:  # psycopg2
-        psycopg = None  # type: ignore[assignment]  # checked just below
-    if psycopg is not None and isinstance(raw, psycopg.Connection):
-        # psycopg's own cursor sends the parameters separately (Django's
-        # quotes each one into the SQL text in Python, which costs more per
-        # message). Not a named prepared statement: those break behind
-        # transaction-pooling PgBouncer, which is why Django avoids them.
-        with psycopg.Cursor(raw) as cursor:
-            cursor.execute(sql, params, prepare=False)
-            return cursor.rowcount
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rowcount: int = cursor.rowcount
-        return rowcount
-
-
-@functools.cache
-def _postgresql_sql(shape: str, field_names: tuple[str, ...]) -> str:
-    quote = connections[router.db_for_write(OutboxMessage)].ops.quote_name
-    r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
-
-    def col(meta: Options[Any], name: str) -> str:
-        model_field = meta.get_field(name)
-        assert isinstance(model_field, Field) and model_field.column  # concrete
-        return quote(model_field.column)
-
-    ctes: list[str] = []
-    still_pending = (
-        f"r.{col(r_meta, 'status')} IN "
-        f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}')"
-    )
-    if shape == "uniform":
-        ctes.append(
-            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
-            f"{col(r_meta, 'status')} = %s, {col(r_meta, 'smtp_code')} = %s, "
-            f"{col(r_meta, 'smtp_reply')} = %s, {col(r_meta, 'updated_at')} = %s "
-            f"WHERE r.{col(r_meta, 'message')} = %s "
-            f"AND r.{col(r_meta, 'address')} = ANY(%s::text[]) AND {still_pending})"
-        )
-    elif shape == "mixed":
-        ctes.append(
-            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
-            f"{col(r_meta, 'status')} = v.status, {col(r_meta, 'smtp_code')} = v.code, "
-            f"{col(r_meta, 'smtp_reply')} = v.reply, {col(r_meta, 'updated_at')} = %s "
-            "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
-            "AS v(address, status, code, reply) "
-            f"WHERE r.{col(r_meta, 'message')} = %s "
-            f"AND r.{col(r_meta, 'address')} = v.address "
-            f"AND {still_pending})"
-        )
-    attempt_columns = ", ".join(col(a_meta, n) for n in _ATTEMPT_FIELDS)
-    ctes.append(
-        f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb))"
-    )
-    assignments = ", ".join(f"{col(m_meta, name)} = %s" for name in field_names)
-    return (
-        f"WITH {', '.join(ctes)} UPDATE {quote(m_meta.db_table)} SET {assignments} "
-        f"WHERE {col(m_meta, 'id')} = %s "
-        f"AND {col(m_meta, 'status')} = '{Status.SENDING}' "
-        f"AND {col(m_meta, 'claimed_by')} = %s"
-    )

@@ -14,10 +14,11 @@ import email
 import email.policy
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -74,9 +75,26 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         )
 
     def recover_expired(self, now: datetime | None = None) -> int:
-        """Make messages whose worker died claimable again; return how many."""
-        return self.expired_leases(now).update(
-            status=Status.QUEUED, claimed_by="", lease_expires_at=None
+        """
+        Make messages whose worker died claimable again; return how many.
+
+        Their attempt count is left as it is: a message was charged an
+        attempt when its sending started (``begin_attempt()``), so only the
+        one in flight when the worker died was, not the rest of its batch.
+        The claim token moves on, so the old worker, if it was only paused,
+        can no longer write.
+        """
+        db = router.db_for_write(self.model)
+        return (
+            self.using(db)
+            .expired_leases(now)
+            .update(
+                status=Status.QUEUED,
+                claimed_by="",
+                lease_expires_at=None,
+                claim_token=F("claim_token") + 1,
+                updated_at=timezone.now(),
+            )
         )
 
     def claimable(
@@ -113,7 +131,11 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         The candidates are locked with SKIP LOCKED (PostgreSQL), so workers
         don't wait on each other; the UPDATE is conditional on the status,
         so two workers can never both claim a message, even on databases
-        without row locks (SQLite).
+        without row locks (SQLite). Each claim bumps the message's
+        ``claim_token``: every later write of this claim is fenced on it.
+        The messages come back without their bytes (``mime`` is deferred):
+        ``begin_attempt()`` loads them, one message at a time. No attempt is
+        counted yet.
         """
         now = timezone.now()
         # The lock, the UPDATE and the read all go to the write database.
@@ -127,14 +149,16 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 status=Status.SENDING,
                 claimed_by=worker,
                 lease_expires_at=now + lease,
-                attempts=F("attempts") + 1,
+                claim_token=F("claim_token") + 1,
                 updated_at=now,
             )
-        return list(
-            self.filter(
-                id__in=locked, status=Status.SENDING, claimed_by=worker
-            ).order_by("next_attempt_at", "id")
-        )
+            # Read back in the same transaction: a row this worker claimed
+            # can't be taken over before the tokens are read.
+            return list(
+                qs.filter(id__in=locked, status=Status.SENDING, claimed_by=worker)
+                .defer("mime")
+                .order_by("next_attempt_at", "id")
+            )
 
     # Operators' state changes. Each runs in one transaction on the write
     # database, applies only to the messages in the right state, returns how
@@ -291,30 +315,90 @@ class OutboxMessage(models.Model):
         """Return the stored bytes parsed as a Python email message."""
         return email.message_from_bytes(bytes(self.mime), policy=policy)
 
-    # State changes: each is a conditional UPDATE of the fields it touches,
-    # so a worker that lost its lease cannot overwrite another's result.
+    # A worker's state changes of a message it claimed. Each is fenced on
+    # the claim token: it writes only while the row still carries the token
+    # this worker's claim gave it, and returns False ("lease lost") when it
+    # doesn't, having written nothing. The token is the whole condition:
+    # every claim and every recovery of an expired lease bumps it, so the
+    # UPDATE is planned on the primary key whatever the statistics say
+    # about the status column.
+
+    def _fenced(self, db: str | None = None) -> models.QuerySet[OutboxMessage]:
+        return (
+            type(self)
+            .objects.using(db or router.db_for_write(type(self)))
+            .filter(pk=self.pk, claim_token=self.claim_token)
+        )
 
     def _update_claimed(self, **fields: Any) -> bool:
         fields["updated_at"] = timezone.now()
-        changed = (
-            type(self)
-            .objects.filter(
-                pk=self.pk, status=Status.SENDING, claimed_by=self.claimed_by
-            )
-            .update(**fields)
-        )
+        changed = self._fenced().update(**fields)
         if changed:
             for name, value in fields.items():
                 setattr(self, name, value)
         return bool(changed)
 
+    def begin_attempt(self, lease: timedelta) -> bool:
+        """
+        Count an attempt that starts now, renew the lease, load the bytes.
+
+        Called right before the message goes to the transport: the attempt
+        is charged only to a message whose sending really starts (a crash
+        then charges the message in flight, not the whole batch), and the
+        message's bytes are in memory only while it is sent. False, with
+        nothing written, if the lease was lost.
+        """
+        db = router.db_for_write(type(self))
+        now = timezone.now()
+        expires = now + lease
+        connection = connections[db]
+        if connection.vendor in ("postgresql", "sqlite"):
+            # One round trip: the fenced UPDATE returns the bytes.
+            meta = self._meta
+            quote = connection.ops.quote_name
+
+            def col(name: str) -> str:
+                return quote(meta.get_field(name).column)
+
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {quote(meta.db_table)} SET "
+                    f"{col('attempts')} = {col('attempts')} + 1, "
+                    f"{col('lease_expires_at')} = %s, {col('updated_at')} = %s "
+                    f"WHERE {col('id')} = %s AND {col('claim_token')} = %s "
+                    f"RETURNING {col('attempts')}, {col('mime')}",
+                    [
+                        connection.ops.adapt_datetimefield_value(expires),
+                        connection.ops.adapt_datetimefield_value(now),
+                        self.pk,
+                        self.claim_token,
+                    ],
+                )
+                row = cursor.fetchone()
+            if row is None:
+                return False
+            attempts, mime = row
+        else:
+            with transaction.atomic(using=db):
+                if not self._fenced(db).update(
+                    attempts=F("attempts") + 1, lease_expires_at=expires, updated_at=now
+                ):
+                    return False
+                attempts, mime = self._fenced(db).values_list("attempts", "mime").get()
+        self.attempts = attempts
+        self.lease_expires_at = expires
+        self.updated_at = now
+        self.mime = bytes(mime)
+        return True
+
+    def forget_bytes(self) -> None:
+        """Drop the loaded bytes (they are loaded again if asked for)."""
+        self.__dict__.pop("mime", None)
+
     def release(self) -> bool:
-        """Give an untried claimed message back to the queue (worker stopping)."""
+        """Give a claimed message back to the queue, untried (worker stopping)."""
         return self._update_claimed(
-            status=Status.QUEUED,
-            claimed_by="",
-            lease_expires_at=None,
-            attempts=self.attempts - 1,
+            status=Status.QUEUED, claimed_by="", lease_expires_at=None
         )
 
     def renew_lease(self, lease: timedelta) -> bool:
@@ -328,6 +412,58 @@ class OutboxMessage(models.Model):
     def retry_later(self, *, error: str) -> bool:
         """Queue the message again after a backoff that grows per attempt."""
         return self._update_claimed(**self.retry_fields(error=error))
+
+    def record_attempt(self, attempt: AttemptRecord) -> bool:
+        """
+        Write one attempt's outcome: the message, its recipients, the Attempt.
+
+        One transaction. The message row is written first, fenced on the
+        claim token; if the lease was lost it matches nothing and nothing
+        else is written (False). A RETRY outcome queues the message again
+        after its backoff; the others are final.
+        """
+        if attempt.outcome == Attempt.Outcome.RETRY:
+            fields = self.retry_fields(error=attempt.error)
+        else:
+            fields = self.finish_fields(Status(attempt.outcome), error=attempt.error)
+        fields["updated_at"] = attempt.finished_at
+        db = router.db_for_write(type(self))
+        if connections[db].vendor == "postgresql":
+            from ._sql import record_attempt_postgresql
+
+            written = record_attempt_postgresql(self, attempt, fields, db)
+        else:
+            written = self._record_attempt_orm(attempt, fields, db)
+        if written:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return written
+
+    def _record_attempt_orm(
+        self, attempt: AttemptRecord, fields: dict[str, Any], db: str
+    ) -> bool:
+        with transaction.atomic(using=db):
+            if not self._fenced(db).update(**fields):
+                return False
+            still_pending = Recipient.objects.using(db).filter(
+                message_id=self.pk,
+                status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED),
+            )
+            # One UPDATE per distinct result: usually one for the whole message.
+            groups: dict[tuple[str, int | None, str], list[str]] = {}
+            for address, state in attempt.recipients.items():
+                groups.setdefault(state, []).append(address)
+            for (status, code, reply), addresses in groups.items():
+                still_pending.filter(address__in=addresses).update(
+                    status=status,
+                    smtp_code=code,
+                    smtp_reply=reply,
+                    updated_at=attempt.finished_at,
+                )
+            Attempt.objects.using(db).create(
+                message_id=self.pk, **attempt.attempt_fields(self.attempts)
+            )
+        return True
 
     def finish_fields(self, status: str, *, error: str = "") -> dict[str, Any]:
         """The fields finish() writes."""
@@ -351,6 +487,8 @@ class OutboxMessage(models.Model):
             + backoff(self.attempts - self.requeued_attempts),
             "last_error": error,
         }
+
+    # Operators' state changes (see the queryset's methods).
 
     def requeue(self, *, include_partial: bool = True) -> bool:
         """Queue this failed (or partially sent) message again; see the queryset's."""
@@ -519,6 +657,46 @@ def backoff(attempts: int) -> timedelta:
     ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
     # Full jitter spreads retries of a burst of failures over the window.
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptRecord:
+    """
+    One finished attempt, classified: what ``record_attempt()`` writes.
+
+    ``outcome`` is what becomes of the message: RETRY queues it again, the
+    others are its final status.
+    """
+
+    outcome: Attempt.Outcome
+    worker: str
+    started_at: datetime
+    finished_at: datetime
+    #: The message's ``last_error``.
+    error: str = ""
+    #: The attempt's own error, code and reply (the whole transaction's).
+    attempt_error: str = ""
+    smtp_code: int | None = None
+    smtp_reply: str = ""
+    #: Every server reply this attempt got: {address: (code, reply)}.
+    replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    #: The recipients' new states: {address: (status, code, reply)}; only
+    #: recipients still pending or deferred are changed.
+    recipients: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
+
+    def attempt_fields(self, number: int) -> dict[str, Any]:
+        """The Attempt row's fields (without its message)."""
+        return {
+            "number": number,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker": self.worker,
+            "outcome": self.outcome,
+            "smtp_code": self.smtp_code,
+            "smtp_reply": self.smtp_reply,
+            "error": self.attempt_error,
+            "recipients": {a: [c, r] for a, (c, r) in self.replies.items()},
+        }
 
 
 class Recipient(models.Model):

@@ -73,7 +73,7 @@ def deliver_message(outbox_id: int) -> str:
         _schedule_retry(outbox_id)
     return next(
         kind
-        for kind in ("sent", "partial", "retry", "failed", "skipped")
+        for kind in ("sent", "partial", "retry", "failed", "skipped", "lease_lost")
         if getattr(result, kind)
     )
 

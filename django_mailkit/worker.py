@@ -41,6 +41,8 @@ class WorkerStats:
     retry: int = 0
     failed: int = 0
     recovered: int = 0
+    #: Messages another worker took over before this one could write.
+    lease_lost: int = 0
     #: Batches that failed as a whole (logged; the worker went on).
     errors: int = 0
 
@@ -136,14 +138,16 @@ class Worker:
             claimed, worker=self.name, lease=lease, should_stop=lambda: self._stopping
         )
         self.stats.batches += 1
-        for kind in ("sent", "partial", "retry", "failed"):
-            setattr(
-                self.stats, kind, getattr(self.stats, kind) + len(getattr(result, kind))
-            )
+        self.stats.sent += len(result.sent)
+        self.stats.partial += len(result.partial)
+        self.stats.retry += len(result.retry)
+        self.stats.failed += len(result.failed)
+        self.stats.lease_lost += len(result.lease_lost)
         self._say(
             f"Batch of {len(claimed)}: {len(result.sent)} sent, "
             f"{len(result.partial)} partial, {len(result.retry)} retry, "
-            f"{len(result.failed)} failed, {len(result.skipped)} released "
+            f"{len(result.failed)} failed, {len(result.skipped)} released, "
+            f"{len(result.lease_lost)} lost to another worker "
             f"({time.monotonic() - started:.2f}s)."
         )
         return result.handled

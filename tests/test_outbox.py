@@ -302,7 +302,11 @@ class TestClaims:
         assert len(first) == 3 and len(second) == 2
         assert not {m.pk for m in first} & {m.pk for m in second}
         assert OutboxMessage.objects.claim("w3", limit=3, lease=lease) == []
-        assert all(m.status == Status.SENDING and m.attempts == 1 for m in first)
+        # Claimed with a fresh token; no attempt is counted before it starts.
+        assert all(
+            m.status == Status.SENDING and m.attempts == 0 and m.claim_token == 1
+            for m in first
+        )
 
     def test_oldest_due_first(self, queue_only):
         self.queue(3)

@@ -1,0 +1,119 @@
+"""
+PostgreSQL's one-statement form of ``OutboxMessage.record_attempt()``.
+
+This write happens once per delivered message, so on PostgreSQL the message,
+its recipients and its Attempt row go in one statement (data-modifying CTEs),
+one round trip, through Django's cursor (query logging and
+``connection.execute_wrapper()`` see it). The message UPDATE is the fence:
+the recipients' UPDATE and the Attempt INSERT read its RETURNING rows, so if
+the claim token no longer matches, nothing at all is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections
+
+if TYPE_CHECKING:
+    from .models import AttemptRecord, OutboxMessage
+
+# The Attempt columns, in the order the statement takes them.
+_ATTEMPT_FIELDS = (
+    "message",
+    "number",
+    "started_at",
+    "finished_at",
+    "worker",
+    "outcome",
+    "smtp_code",
+    "smtp_reply",
+    "error",
+    "recipients",
+)
+
+
+def record_attempt_postgresql(
+    record: OutboxMessage, attempt: AttemptRecord, fields: dict[str, Any], db: str
+) -> bool:
+    """Write the attempt in one statement; False (nothing written) if fenced out."""
+    rows = attempt.recipients
+    states = set(rows.values())
+    # Usually every recipient has the same result: a plain UPDATE does.
+    shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
+    sql = _statement(db, shape, tuple(fields))
+    params: list[Any] = list(fields.values())
+    params += [record.pk, record.claim_token]
+    if shape == "uniform":
+        ((status, code, reply),) = states
+        params += [status, code, reply, attempt.finished_at, list(rows)]
+    elif shape == "mixed":
+        addresses = list(rows)
+        params += [
+            attempt.finished_at,
+            addresses,
+            [rows[a][0] for a in addresses],
+            [rows[a][1] for a in addresses],
+            [rows[a][2] for a in addresses],
+        ]
+    values = attempt.attempt_fields(record.attempts)
+    params += [values[name] for name in _ATTEMPT_FIELDS[1:-1]]
+    params.append(json.dumps(values["recipients"]))
+    with connections[db].cursor() as cursor:
+        cursor.execute(sql, params)
+        (written,) = cursor.fetchone()
+    return bool(written)
+
+
+@functools.cache
+def _statement(db: str, shape: str, field_names: tuple[str, ...]) -> str:
+    from .models import Attempt, OutboxMessage, Recipient, RecipientStatus
+
+    quote = connections[db].ops.quote_name
+    r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
+
+    def col(meta: Any, name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    assignments = ", ".join(f"{col(m_meta, name)} = %s" for name in field_names)
+    # By primary key and token only: the plan never depends on how many
+    # messages are in flight (see OutboxMessage._fenced()).
+    ctes = [
+        f"msg AS (UPDATE {quote(m_meta.db_table)} SET {assignments} "
+        f"WHERE {col(m_meta, 'id')} = %s AND {col(m_meta, 'claim_token')} = %s "
+        f"RETURNING {col(m_meta, 'id')} AS id)"
+    ]
+    still_pending = (
+        f"r.{col(r_meta, 'status')} IN "
+        f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}')"
+    )
+    if shape == "uniform":
+        ctes.append(
+            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
+            f"{col(r_meta, 'status')} = %s, {col(r_meta, 'smtp_code')} = %s, "
+            f"{col(r_meta, 'smtp_reply')} = %s, {col(r_meta, 'updated_at')} = %s "
+            f"FROM msg WHERE r.{col(r_meta, 'message')} = msg.id "
+            f"AND r.{col(r_meta, 'address')} = ANY(%s::text[]) AND {still_pending})"
+        )
+    elif shape == "mixed":
+        ctes.append(
+            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
+            f"{col(r_meta, 'status')} = v.status, {col(r_meta, 'smtp_code')} = v.code, "
+            f"{col(r_meta, 'smtp_reply')} = v.reply, {col(r_meta, 'updated_at')} = %s "
+            "FROM msg, unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
+            "AS v(address, status, code, reply) "
+            f"WHERE r.{col(r_meta, 'message')} = msg.id "
+            f"AND r.{col(r_meta, 'address')} = v.address "
+            f"AND {still_pending})"
+        )
+    attempt_columns = ", ".join(
+        quote(a_meta.get_field(name).column) for name in _ATTEMPT_FIELDS
+    )
+    ctes.append(
+        f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
+        "SELECT msg.id, %s::integer, %s::timestamptz, %s::timestamptz, %s::text, "
+        "%s::text, %s::integer, %s::text, %s::text, %s::jsonb FROM msg)"
+    )
+    return f"WITH {', '.join(ctes)} SELECT count(*) FROM msg"
