@@ -4,6 +4,7 @@ Many workers on PostgreSQL: real processes, a real SMTP sink, real locks.
 These run in the PostgreSQL pass only (MAILKIT_DB=postgresql).
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -221,12 +222,29 @@ def test_claims_skip_rows_locked_by_another_transaction(outbox_to):
                 [ids[:4]],
             )
         started = time.monotonic()
-        claimed = OutboxMessage.objects.claim("w", limit=10, lease=timedelta(minutes=1))
+        # Without SKIP LOCKED the claim would wait for the other transaction
+        # forever: fail in two seconds instead of hanging the suite.
+        with lock_timeout("2s"):
+            claimed = OutboxMessage.objects.claim(
+                "w", limit=10, lease=timedelta(minutes=1)
+            )
         assert time.monotonic() - started < 2  # SKIP LOCKED: no waiting
         assert sorted(m.pk for m in claimed) == ids[4:]
     finally:
         other.rollback()
         other.close()
+
+
+@contextlib.contextmanager
+def lock_timeout(value):
+    """Make this connection's lock waits fail after ``value``, not hang."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = %s", [value])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
 
 
 def test_claim_query_uses_its_index(outbox_to):
@@ -254,3 +272,87 @@ def test_claim_query_uses_its_index(outbox_to):
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "mailkit_ready_idx" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def stopped(pid):
+    """True once the process is really stopped (SIGSTOP is asynchronous)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def db_state():
+    """Every row the outbox holds, to compare before and after."""
+    from django_mailkit.models import Recipient
+
+    return (
+        list(OutboxMessage.objects.order_by("pk").values()),
+        list(Recipient.objects.order_by("pk").values()),
+        list(Attempt.objects.order_by("pk").values()),
+    )
+
+
+def test_sigstopped_worker_past_its_lease_changes_nothing(outbox_to):
+    """
+    A worker paused past its lease (GC pause, VM freeze, SIGSTOP) comes back
+    after another worker delivered its batch: its late writes are fenced off.
+    """
+    expected = queue(60)
+    outbox_to.stall("DATA", 0.03)
+    # --once: after its batch it finds nothing due and exits by itself.
+    paused = start_worker(outbox_to, "--once", "--batch-size", "60", lease=2)
+    try:
+        wait_until(
+            lambda: len(outbox_to.deliveries) >= 5,
+            30,
+            "the paused worker to deliver part of its batch",
+        )
+        paused.send_signal(signal.SIGSTOP)
+        wait_until(lambda: stopped(paused.pid), 5, "the worker to stop")
+        recorded_by_paused = set(
+            Attempt.objects.filter(worker__contains=f":{paused.pid}:").values_list(
+                "message_id", flat=True
+            )
+        )
+        time.sleep(2.5)  # past its lease
+        rescuer = start_worker(outbox_to, "--batch-size", "60", lease=2)
+        try:
+            wait_until(
+                lambda: not OutboxMessage.objects.exclude(status=Status.SENT).exists(),
+                60,
+                "the rescuer to deliver everything",
+            )
+        finally:
+            rescuer.send_signal(signal.SIGTERM)
+            (rescuer_output,) = finish([rescuer])
+        assert rescuer.returncode == 0, rescuer_output
+        before = db_state()
+        deliveries_before = len(outbox_to.deliveries)
+
+    finally:
+        # It finishes its message in flight, tries the rest of its batch,
+        # finds nothing due and exits.
+        paused.send_signal(signal.SIGCONT)
+        (output,) = finish([paused], timeout=30)
+    assert paused.returncode == 0, output
+    # Its late writes changed nothing, and it sent nothing more.
+    assert db_state() == before
+    assert len(outbox_to.deliveries) in (deliveries_before, deliveries_before + 1)
+    assert re.search(r"\b[1-9]\d* lost to another worker", output), output
+
+    counts = delivered_ids(outbox_to)
+    assert set(counts) == expected, "a message was lost"
+    duplicates = [mid for mid, n in counts.items() if n > 1]
+    # Only the message on the wire when it was paused may go out twice: the
+    # server accepted it, but the paused worker never recorded that.
+    assert len(duplicates) <= 1, duplicates
+    if duplicates:
+        (duplicate,) = duplicates
+        record = OutboxMessage.objects.get(message_id=duplicate)
+        assert record.pk not in recorded_by_paused
+    # Everything it recorded before the pause stands; nothing after.
+    by_paused = set(
+        Attempt.objects.filter(worker__contains=f":{paused.pid}:").values_list(
+            "message_id", flat=True
+        )
+    )
+    assert by_paused == recorded_by_paused

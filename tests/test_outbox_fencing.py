@@ -1,0 +1,249 @@
+"""
+Fencing, claim races, crash accounting and SIGTERM, in-process (SQLite and
+PostgreSQL): each test fails in seconds when its guarantee is broken.
+"""
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from django_mailkit import send_mail
+from django_mailkit.backends.base import BaseEmailBackend
+from django_mailkit.delivery import Result, deliver_batch
+from django_mailkit.models import Attempt, OutboxMessage, RecipientStatus, Status
+from django_mailkit.worker import Worker
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+OUTBOX = "django_mailkit.backends.outbox.EmailBackend"
+LEASE = timedelta(minutes=1)
+
+
+class HookBackend(BaseEmailBackend):
+    """A transport that runs ``hook(message)`` while it "sends" a message."""
+
+    hook = None
+    delivered: list = []
+
+    def deliver(self, message):
+        if HookBackend.hook is not None:
+            HookBackend.hook(message)
+        HookBackend.delivered.append(message)
+        return True
+
+
+@pytest.fixture
+def outbox():
+    mail.outbox = []
+    HookBackend.hook = None
+    HookBackend.delivered = []
+    with override_settings(
+        MAILERS={
+            "default": {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "transport"}},
+            "transport": {"BACKEND": "tests.test_outbox_fencing.HookBackend"},
+        },
+        MAILKIT={"USE_TASKS": False, "BACKOFF_BASE": 1, "BACKOFF_CAP": 2},
+    ):
+        yield
+
+
+def queue(count):
+    for i in range(count):
+        send_mail(f"m{i}", "body", None, [f"u{i}@example.com"])
+    return list(OutboxMessage.objects.order_by("pk"))
+
+
+def take_over(pk, by="other"):
+    """What happens when a worker's lease runs out: another takes the message."""
+    OutboxMessage.objects.filter(pk=pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert OutboxMessage.objects.recover_expired() == 1
+    (claimed,) = OutboxMessage.objects.claim(by, limit=1, lease=LEASE, ids=[pk])
+    return claimed
+
+
+def snapshot(pk):
+    message = OutboxMessage.objects.filter(pk=pk).values().get()
+    recipients = list(
+        OutboxMessage.objects.get(pk=pk).recipient_set.values_list(
+            "address", "status", "smtp_code"
+        )
+    )
+    attempts = list(Attempt.objects.filter(message_id=pk).values())
+    return message, recipients, attempts
+
+
+class TestFencing:
+    def test_taken_over_between_claim_and_send_sends_nothing(self, outbox):
+        (record,) = queue(1)
+        (mine,) = OutboxMessage.objects.claim("slow", limit=1, lease=LEASE)
+        # The slow worker pauses past its lease; another worker takes over.
+        theirs = take_over(record.pk)
+        before = snapshot(record.pk)
+        result = deliver_batch([mine], worker="slow", lease=LEASE)
+        assert result.of(record.pk) is Result.LEASE_LOST
+        assert HookBackend.delivered == []  # checked before sending
+        assert snapshot(record.pk) == before
+        # The new holder's claim is intact and completes.
+        assert deliver_batch([theirs], worker="other").of(record.pk) is Result.SENT
+
+    def test_late_writer_changes_nothing(self, outbox):
+        """Taken over while sending: the first worker's record is not written."""
+        (record,) = queue(1)
+        (mine,) = OutboxMessage.objects.claim("slow", limit=1, lease=LEASE)
+        state = {}
+
+        def paused_while_sending(message):
+            # The new holder takes the message over, sends and records it.
+            theirs = take_over(record.pk)
+            HookBackend.hook = None
+            assert deliver_batch([theirs], worker="other").of(record.pk) is (
+                Result.SENT
+            )
+            state["after_other"] = snapshot(record.pk)
+
+        HookBackend.hook = paused_while_sending
+        result = deliver_batch([mine], worker="slow", lease=LEASE)
+        assert result.of(record.pk) is Result.LEASE_LOST
+        message, recipients, attempts = snapshot(record.pk)
+        assert (message, recipients, attempts) == state["after_other"]
+        assert [a["worker"] for a in attempts] == ["other"]
+        assert message["status"] == Status.SENT
+        assert message["claimed_by"] == "other"
+
+    def test_every_worker_write_is_fenced(self, outbox):
+        (record,) = queue(1)
+        (mine,) = OutboxMessage.objects.claim("slow", limit=1, lease=LEASE)
+        take_over(record.pk)
+        before = snapshot(record.pk)
+        assert mine.begin_attempt(LEASE) is False
+        assert mine.renew_lease(LEASE) is False
+        assert mine.release() is False
+        assert mine.finish(Status.SENT) is False
+        assert mine.retry_later(error="x") is False
+        assert snapshot(record.pk) == before
+
+    def test_a_recovered_lease_fences_even_before_anyone_reclaims(self, outbox):
+        (record,) = queue(1)
+        (mine,) = OutboxMessage.objects.claim("slow", limit=1, lease=LEASE)
+        OutboxMessage.objects.filter(pk=record.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert OutboxMessage.objects.recover_expired() == 1
+        assert mine.finish(Status.SENT) is False
+        assert OutboxMessage.objects.get(pk=record.pk).status == Status.QUEUED
+
+
+class TestClaimRace:
+    def test_a_candidate_claimed_in_between_is_not_taken(self, outbox):
+        """
+        Another worker claims the candidates after this claim selected them
+        and before its UPDATE: the UPDATE's status condition must skip them.
+        """
+        queue(3)
+        fired = []
+
+        def other_worker_claims_first(execute, sql, params, many, context):
+            result = execute(sql, params, many, context)
+            if not fired and sql.lstrip().upper().startswith("SELECT"):
+                fired.append(sql)
+                # The other worker's claim lands right after our candidate
+                # query. (On PostgreSQL our row locks forbid that from
+                # another connection, so our own connection writes it: the
+                # status condition is what's under test.)
+                OutboxMessage.objects.filter(pk__in=list(_ids())).update(
+                    status=Status.SENDING,
+                    claimed_by="other",
+                    claim_token=7,
+                    lease_expires_at=timezone.now() + LEASE,
+                )
+            return result
+
+        with connection.execute_wrapper(other_worker_claims_first):
+            claimed = OutboxMessage.objects.claim("me", limit=3, lease=LEASE)
+        assert fired, "the claim's candidate query was not seen"
+        assert claimed == []
+        assert set(OutboxMessage.objects.values_list("claimed_by", flat=True)) == {
+            "other"
+        }
+        assert set(OutboxMessage.objects.values_list("claim_token", flat=True)) == {7}
+
+
+def _ids():
+    return OutboxMessage.objects.values_list("pk", flat=True)
+
+
+class TestCrashAccounting:
+    def test_recovered_untried_messages_keep_their_attempts(self, outbox):
+        queue(5)
+        claimed = OutboxMessage.objects.claim("crashed", limit=5, lease=LEASE)
+        # It got as far as starting the first message, then died.
+        assert claimed[0].begin_attempt(LEASE) is True
+        OutboxMessage.objects.update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert OutboxMessage.objects.recover_expired() == 5
+        attempts = dict(OutboxMessage.objects.values_list("pk", "attempts"))
+        assert attempts == {m.pk: (1 if m is claimed[0] else 0) for m in claimed}
+        assert Worker(once=True, interval=0).run().sent == 5
+        attempts = dict(OutboxMessage.objects.values_list("pk", "attempts"))
+        assert attempts == {m.pk: (2 if m is claimed[0] else 1) for m in claimed}
+
+
+class TestMemory:
+    def test_claim_leaves_the_bytes_in_the_database(self, outbox):
+        queue(2)
+        claimed = OutboxMessage.objects.claim("w", limit=2, lease=LEASE)
+        assert all("mime" not in m.__dict__ for m in claimed)
+        assert claimed[0].begin_attempt(LEASE) is True
+        assert b"Subject: m0" in claimed[0].__dict__["mime"]
+        claimed[0].forget_bytes()
+        assert "mime" not in claimed[0].__dict__
+
+    def test_each_message_bytes_loaded_only_while_it_is_sent(self, outbox):
+        queue(3)
+        claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+        loaded = []
+
+        def count_loaded(message):
+            loaded.append(sum("mime" in m.__dict__ for m in claimed))
+
+        HookBackend.hook = count_loaded
+        assert len(deliver_batch(claimed, worker="w").sent) == 3
+        assert loaded == [1, 1, 1]
+
+
+class TestSigterm:
+    """The command's first SIGTERM finishes the message in flight; no exit at once."""
+
+    def test_first_sigterm_finishes_the_message_in_flight(self, outbox, capsys):
+        queue(4)
+
+        def sigterm(message):
+            HookBackend.hook = None
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        HookBackend.hook = sigterm
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        try:
+            call_command("mailkit_worker", "--interval", "0", "--batch-size", "4")
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+        assert "Finishing the message in flight" in capsys.readouterr().err
+        assert len(HookBackend.delivered) == 1
+        first, *rest = OutboxMessage.objects.order_by("pk")
+        assert (first.status, first.attempts) == (Status.SENT, 1)
+        assert first.recipient_set.get().status == RecipientStatus.SENT
+        # The rest of the batch went back untried and uncharged.
+        assert [(m.status, m.attempts, m.claimed_by) for m in rest] == [
+            (Status.QUEUED, 0, "")
+        ] * 3
