@@ -1,8 +1,12 @@
 """
-PostgreSQL's one-statement form of ``OutboxMessage.record_attempt()``.
+The outbox's hand-written SQL: the per-message writes of a worker.
 
-This write happens once per delivered message, so on PostgreSQL the message,
-its recipients and its Attempt row go in one statement (data-modifying CTEs),
+``begin_attempt_returning()`` counts the attempt and loads the bytes in one
+fenced UPDATE ... RETURNING (PostgreSQL, SQLite 3.35+).
+
+``record_attempt_postgresql()`` is the one-statement form of
+``OutboxMessage.record_attempt()``. It runs once per delivered message, so
+on PostgreSQL the message, its recipients and its Attempt row go in one statement (data-modifying CTEs),
 one round trip, through Django's cursor (query logging and
 ``connection.execute_wrapper()`` see it). The message UPDATE is the fence:
 the recipients' UPDATE and the Attempt INSERT read its RETURNING rows, so if
@@ -16,8 +20,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
+from django.db.models import Field
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from django.db.models.options import Options
+
     from .models import AttemptRecord, OutboxMessage
 
 # The Attempt columns, in the order the statement takes them.
@@ -33,6 +42,45 @@ _ATTEMPT_FIELDS = (
     "error",
     "recipients",
 )
+
+
+def column(meta: Options[Any], name: str) -> str:
+    """The column of the concrete field ``name``."""
+    model_field = meta.get_field(name)
+    assert isinstance(model_field, Field) and model_field.column  # concrete
+    return model_field.column
+
+
+def begin_attempt_returning(
+    record: OutboxMessage, db: str, *, now: datetime, expires: datetime
+) -> tuple[int, Any] | None:
+    """
+    The fenced UPDATE of ``begin_attempt()``, returning the new attempt count
+    and the bytes (PostgreSQL, SQLite 3.35+); None if the lease was lost.
+    """
+    connection = connections[db]
+    quote = connection.ops.quote_name
+    meta = record._meta
+
+    def col(name: str) -> str:
+        return quote(column(meta, name))
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(meta.db_table)} SET "
+            f"{col('attempts')} = {col('attempts')} + 1, "
+            f"{col('lease_expires_at')} = %s, {col('updated_at')} = %s "
+            f"WHERE {col('id')} = %s AND {col('claim_token')} = %s "
+            f"RETURNING {col('attempts')}, {col('mime')}",
+            [
+                connection.ops.adapt_datetimefield_value(expires),
+                connection.ops.adapt_datetimefield_value(now),
+                record.pk,
+                record.claim_token,
+            ],
+        )
+        row = cursor.fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def record_attempt_postgresql(
@@ -74,8 +122,8 @@ def _statement(db: str, shape: str, field_names: tuple[str, ...]) -> str:
     quote = connections[db].ops.quote_name
     r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
 
-    def col(meta: Any, name: str) -> str:
-        return quote(meta.get_field(name).column)
+    def col(meta: Options[Any], name: str) -> str:
+        return quote(column(meta, name))
 
     assignments = ", ".join(f"{col(m_meta, name)} = %s" for name in field_names)
     # By primary key and token only: the plan never depends on how many
@@ -108,9 +156,7 @@ def _statement(db: str, shape: str, field_names: tuple[str, ...]) -> str:
             f"AND r.{col(r_meta, 'address')} = v.address "
             f"AND {still_pending})"
         )
-    attempt_columns = ", ".join(
-        quote(a_meta.get_field(name).column) for name in _ATTEMPT_FIELDS
-    )
+    attempt_columns = ", ".join(quote(column(a_meta, name)) for name in _ATTEMPT_FIELDS)
     ctes.append(
         f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
         "SELECT msg.id, %s::integer, %s::timestamptz, %s::timestamptz, %s::text, "

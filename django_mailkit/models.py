@@ -13,7 +13,7 @@ from __future__ import annotations
 import email
 import email.policy
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -352,29 +352,14 @@ class OutboxMessage(models.Model):
         now = timezone.now()
         expires = now + lease
         connection = connections[db]
-        if connection.vendor in ("postgresql", "sqlite"):
+        if connection.vendor == "postgresql" or (
+            connection.vendor == "sqlite"
+            and connection.features.can_return_columns_from_insert  # 3.35+
+        ):
+            from ._sql import begin_attempt_returning
+
             # One round trip: the fenced UPDATE returns the bytes.
-            meta = self._meta
-            quote = connection.ops.quote_name
-
-            def col(name: str) -> str:
-                return quote(meta.get_field(name).column)
-
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {quote(meta.db_table)} SET "
-                    f"{col('attempts')} = {col('attempts')} + 1, "
-                    f"{col('lease_expires_at')} = %s, {col('updated_at')} = %s "
-                    f"WHERE {col('id')} = %s AND {col('claim_token')} = %s "
-                    f"RETURNING {col('attempts')}, {col('mime')}",
-                    [
-                        connection.ops.adapt_datetimefield_value(expires),
-                        connection.ops.adapt_datetimefield_value(now),
-                        self.pk,
-                        self.claim_token,
-                    ],
-                )
-                row = cursor.fetchone()
+            row = begin_attempt_returning(self, db, now=now, expires=expires)
             if row is None:
                 return False
             attempts, mime = row
@@ -679,7 +664,7 @@ class AttemptRecord:
     smtp_code: int | None = None
     smtp_reply: str = ""
     #: Every server reply this attempt got: {address: (code, reply)}.
-    replies: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    replies: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
     #: The recipients' new states: {address: (status, code, reply)}; only
     #: recipients still pending or deferred are changed.
     recipients: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
