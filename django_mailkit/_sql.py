@@ -6,11 +6,12 @@ fenced UPDATE ... RETURNING (PostgreSQL, SQLite 3.35+).
 
 ``record_attempt_postgresql()`` is the one-statement form of
 ``OutboxMessage.record_attempt()``. It runs once per delivered message, so
-on PostgreSQL the message, its recipients and its Attempt row go in one statement (data-modifying CTEs),
-one round trip, through Django's cursor (query logging and
-``connection.execute_wrapper()`` see it). The message UPDATE is the fence:
-the recipients' UPDATE and the Attempt INSERT read its RETURNING rows, so if
-the claim token no longer matches, nothing at all is written.
+on PostgreSQL the message, its recipients and its Attempt row go in one
+statement (data-modifying CTEs), one round trip, through Django's cursor
+(query logging and ``connection.execute_wrapper()`` see it). The message
+UPDATE is the fence: the recipients' UPDATE and the Attempt INSERT read its
+RETURNING rows, so if the claim token no longer matches, nothing at all is
+written.
 """
 
 from __future__ import annotations
