@@ -10,11 +10,12 @@ Loaded as a pytest plugin (see ``conftest.py``). The fixtures:
 - ``smtp_server``: a plain server.
 - ``closed_port``: a local port on which nothing listens.
 
-Every server records each connection (:class:`SessionRecord`) and each message
-it accepted (:class:`Delivery`), and can be told to misbehave: refuse some
-recipients (any whose local part starts with ``refused``), answer an error
-at MAIL, RCPT or DATA, hang up in the middle of DATA, stall, fail AUTH or
-refuse STARTTLS.
+Every server records each connection (:class:`SessionRecord`, with every raw
+command line the client sent) and each message it accepted
+(:class:`Delivery`). It can enforce a recipient limit per transaction, and be
+told to misbehave: refuse some recipients (any whose local part starts with
+``refused``), answer an error at MAIL, RCPT or DATA, hang up in the middle of
+DATA, stall, fail AUTH or refuse STARTTLS.
 
 The client trusts the test CA the way Django's documentation suggests for a
 private CA: :class:`PrivateCAEmailBackend` subclasses the SMTP backend and
@@ -269,6 +270,9 @@ class SessionRecord:
     client_cert_cn: str | None = None
     quit: bool = False
     closed: threading.Event = field(default_factory=threading.Event)
+    #: Every command line the server read, raw (CRLF included), in order;
+    #: message content (after DATA) is not included.
+    commands: list[bytes] = field(default_factory=list)
 
     @property
     def encrypted(self) -> bool:
@@ -336,6 +340,22 @@ class _RecordingSMTP(SMTP):
         if ssl_object is not None:
             self.record.client_cert_cn = _common_name(ssl_object.getpeercert())
         super().connection_made(transport)
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(reader, writer)
+        # Record each command line as read. aiosmtpd reads commands with
+        # readuntil()'s default separator and message content with CRLF.
+        readuntil = reader.readuntil
+
+        async def recording(separator: bytes = b"\n") -> bytes:
+            line = await readuntil(separator)
+            if separator == b"\n" and self.record is not None:
+                self.record.commands.append(line)
+            return line
+
+        reader.readuntil = recording  # type: ignore[method-assign]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.record is not None:
@@ -407,6 +427,10 @@ class _Handler:
             return reply
         if address.startswith(REFUSED_PREFIX):
             return f"550 5.1.1 <{address}>: Recipient address rejected"
+        limit = self.test_server.max_recipients
+        if limit is not None and len(envelope.rcpt_tos) >= limit:
+            # Like Postfix's smtpd_recipient_limit (RFC 5321 4.5.3.1.10).
+            return "452 4.5.3 Error: too many recipients"
         rule = self.test_server._recipient_rules.get(address)
         if rule is not None and rule.fire():
             return rule.value
@@ -498,6 +522,8 @@ class SMTPTestServer:
         self.pipelining = pipelining
         #: Refuse a connection (421) while this many others are open.
         self.max_sessions: int | None = None
+        #: Answer 452 to RCPT beyond this many recipients in a transaction.
+        self.max_recipients: int | None = None
         self.deliveries: list[Delivery] = []
         self._sessions: list[SessionRecord] = []
         self._sessions_lock = threading.Lock()
@@ -568,6 +594,10 @@ class SMTPTestServer:
         """Every connection so far, greeted or not."""
         with self._sessions_lock:
             return list(self._sessions)
+
+    def commands(self) -> list[bytes]:
+        """Every command line of every client connection, in order."""
+        return [line for record in self.sessions for line in record.commands]
 
     @property
     def sessions(self) -> list[SessionRecord]:
