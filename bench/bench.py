@@ -272,10 +272,14 @@ def bench_latency(quick: bool) -> None:
     with smtp_sink() as sink, delay_proxy(sink, delay) as port:
         theirs = delivery_rate(django_backend(port), django_mail, django_count)
         default = delivery_rate(mailkit_backend(port), mailkit, ours_count)
+        four = delivery_rate(
+            mailkit_backend(port, max_connections=4), mailkit, ours_count
+        )
         sixteen = delivery_rate(
             mailkit_backend(port, max_connections=16), mailkit, ours_count
         )
-    report("latency", "default options (4 connections)", default, theirs)
+    report("latency", "default options (1 connection, pipelined)", default, theirs)
+    report("latency", "max_connections=4", four, theirs)
     report("latency", "max_connections=16", sixteen, theirs)
 
 
