@@ -247,6 +247,9 @@ class OutboxMessage(models.Model):
     subject = models.TextField(_("subject"), blank=True)
     message_id = models.CharField(_("Message-ID"), max_length=998, blank=True)
     mime = models.BinaryField(_("message bytes"))
+    #: ``len(mime)``, stored when queued, so lists and pages show a message's
+    #: size without loading its bytes. None for messages queued before 0004.
+    size = models.PositiveBigIntegerField(_("size"), null=True, blank=True)
     status = models.CharField(
         _("status"), max_length=16, choices=Status.choices, default=Status.QUEUED
     )
@@ -554,6 +557,7 @@ def resend_messages(
     """
     using = router.db_for_write(OutboxMessage)
     fields = ["queued_via", "mailer", "from_email", "subject", "message_id", "mime"]
+    fields += ["size"]
     pairs: list[tuple[int, int]] = []
     with transaction.atomic(using=using):
         ids = sorted(queryset.using(using).values_list("pk", flat=True))

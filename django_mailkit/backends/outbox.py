@@ -80,6 +80,7 @@ class EmailBackend(BaseEmailBackend):
                         subject=item["subject"],
                         message_id=item["message_id"],
                         mime=item["mime"],
+                        size=len(item["mime"]),
                         created_at=now,
                         updated_at=now,
                         next_attempt_at=now,
