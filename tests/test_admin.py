@@ -11,6 +11,8 @@ backend and, for attempt histories and test emails, to an aiosmtpd server.
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import html
 import re
 from datetime import timedelta
@@ -736,6 +738,99 @@ def inline_image_message():
     return OutboxMessage.objects.order_by("-pk").first(), png
 
 
+def full_parse_view(mime):
+    """What the email package's full parse says: bodies and (index, size)."""
+    message = email.message_from_bytes(mime, policy=email.policy.default)
+    nodes = []
+
+    def visit(part):
+        nodes.append(part)
+        if part.get_content_maintype() == "multipart" and part.is_multipart():
+            for child in part.iter_parts():
+                visit(child)
+
+    visit(message)
+    text, html_ = message.get_body(("plain",)), message.get_body(("html",))
+    sizes = []
+    for index, part in enumerate(nodes):
+        if part.get_content_maintype() == "multipart" or part in (text, html_):
+            continue
+        if part.get_content_type() == "message/rfc822":
+            size = len(part.get_payload(0).as_bytes())
+        else:
+            size = len(part.get_payload(decode=True))
+        sizes.append((index, size))
+    body = (
+        None if text is None else text.get_content(),
+        None if html_ is None else html_.get_content(),
+    )
+    return body, sizes
+
+
+class TestParsedMessage:
+    """The cheap reader agrees with the email package's full parse."""
+
+    def message(self):
+        inner = EmailMultiAlternatives("Inner", "inner body", to=["x@example.com"])
+        inner.attach_alternative("<p>inner html</p>", "text/html")
+        logo = MIMEPart()
+        logo.set_content(
+            b"\x89PNG" + bytes(range(256)) * 40,
+            maintype="image",
+            subtype="png",
+            cid="<logo@example.com>",
+        )
+        outer = EmailMultiAlternatives(
+            "Outer", "Grüße, plain\n" * 50, to=["ann@example.com"]
+        )
+        outer.attach_alternative(
+            "<p>Grüße</p><img src='cid:logo@example.com'>", "text/html"
+        )
+        outer.attach(logo)
+        outer.attach("data.bin", bytes(range(256)) * 1001, "application/octet-stream")
+        outer.attach("notes.txt", "é=ü\n" * 300, "text/plain")
+        outer.attach(inner.message())
+        outer.attach("empty.bin", b"", "application/octet-stream")
+        return outer.message().as_bytes()
+
+    @pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+    def test_parts_sizes_and_bodies(self, line_end):
+        mime = self.message()
+        if line_end == b"\r\n":
+            mime = mime.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        (text, html_), sizes = full_parse_view(mime)
+        parsed = ParsedMessage(mime)
+        assert [(part.index, part.size) for part in parsed.parts] == sizes
+        assert parsed.text == text
+        assert parsed.html == html_
+        names = [part.filename for part in parsed.parts]
+        assert {"data.bin", "notes.txt", "empty.bin"} <= set(names)
+
+    def test_only_what_is_shown_is_decoded(self, superuser_client, monkeypatch):
+        big = queue(
+            "Big",
+            html="<p>hi</p>",
+            attach=[("big.bin", bytes(range(256)) * 8192, "application/octet-stream")],
+        )
+        decoded = []
+        original = ParsedMessage._parse
+
+        def spy(self, node):
+            decoded.append(node.headers.get_content_type())
+            return original(self, node)
+
+        monkeypatch.setattr(ParsedMessage, "_parse", spy)
+        page = superuser_client.get(admin_url("change", big.pk)).content.decode()
+        assert "2.0\xa0MB" in page  # its size, from its encoded length
+        # The plain text only: the HTML is the iframe's, the 2 MB part waits.
+        assert decoded == ["text/plain"]
+        (part,) = ParsedMessage(bytes(big.mime)).parts
+        decoded.clear()
+        response = superuser_client.get(admin_url("part", big.pk, part.index))
+        assert response.content == bytes(range(256)) * 8192
+        assert decoded == ["application/octet-stream"]  # on download
+
+
 class TestMessagePage:
     def test_headers_text_html_and_attachments(self, superuser_client):
         record, png = inline_image_message()
@@ -1267,6 +1362,28 @@ class TestChangelist:
         assert counts == []  # only the dashboard's, over its 7 days
         assert "30 outbox messages" in page
         assert "is the database’s estimate" in page
+
+    @pytest.mark.postgres
+    def test_substring_search_uses_trigram_indexes_on_postgresql(self):
+        if connection.vendor != "postgresql":
+            pytest.skip("trigram indexes (MAILKIT_DB=postgresql)")
+        from django.contrib import admin
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%%_trgm'"
+            )
+            names = sorted(row[0] for row in cursor.fetchall())
+        assert names == ["mailkit_rcpt_addr_trgm"]
+        model_admin = admin.site._registry[OutboxMessage]
+        queryset, _duplicates = model_admin.get_search_results(
+            None, OutboxMessage.objects.all(), "frank"
+        )
+        with transaction.atomic(), connection.cursor() as cursor:
+            # Whether the planner *can* use them; on a small table it scans.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            plan = queryset.explain()
+        assert "mailkit_rcpt_addr_trgm" in plan
 
     def test_filters(self, superuser_client):
         make_rows(2, status=Status.SENT)

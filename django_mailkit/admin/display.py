@@ -18,12 +18,13 @@ from __future__ import annotations
 import base64
 import email
 import email.message
+import email.parser
 import email.policy
 import mimetypes
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -84,21 +85,83 @@ class Part:
     inline: bool
 
 
+@dataclass
+class _Node:
+    """One MIME part located in the message's bytes, its body not decoded."""
+
+    index: int
+    #: The part's headers alone (a header-only parse).
+    headers: email.message.EmailMessage
+    #: Byte offsets: where the part starts, where its body starts, its end.
+    start: int
+    body_start: int
+    end: int
+    container: bool = False
+    children: list[_Node] = field(default_factory=list)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get_content_type()
+
+    @property
+    def attachment(self) -> bool:
+        return self.headers.get_content_disposition() == "attachment"
+
+
 class ParsedMessage:
-    """A stored outbox message (its exact bytes), parsed for display."""
+    """
+    A stored outbox message (its exact bytes), read for display.
+
+    Cheap for large messages: the parts are located in the bytes and only
+    their headers are parsed. A body is decoded when it is shown (the plain
+    text and HTML alternatives) or downloaded (one part, on its own URL);
+    attachment sizes are worked out from the encoded lengths.
+    """
 
     def __init__(self, mime: bytes) -> None:
-        self.message: email.message.EmailMessage = email.message_from_bytes(
-            mime, policy=email.policy.default
+        self.mime = mime
+        self._index: list[_Node] = []
+        self.root = self._locate(0, len(mime), depth=0)
+
+    # Locating parts.
+
+    def _locate(self, start: int, end: int, *, depth: int) -> _Node:
+        data = self.mime
+        body_start = _header_end(data, start, end)
+        headers = email.parser.BytesHeaderParser(
+            policy=email.policy.default
+        ).parsebytes(data[start:body_start])
+        node = _Node(len(self._index), headers, start, body_start, end)
+        self._index.append(node)
+        boundary = (
+            headers.get_boundary()
+            if headers.get_content_maintype() == "multipart"
+            else None
         )
+        if boundary and depth < _MAX_DEPTH:
+            node.container = True
+            for child_start, child_end in _split(data, body_start, end, boundary):
+                node.children.append(
+                    self._locate(child_start, child_end, depth=depth + 1)
+                )
+        return node
+
+    def _parse(self, node: _Node) -> email.message.EmailMessage:
+        """One part, parsed in full (its body decodable)."""
+        return email.message_from_bytes(
+            self.mime[node.start : node.end], policy=email.policy.default
+        )
+
+    # What the page shows.
 
     @cached_property
     def headers(self) -> list[tuple[str, str]]:
         """Every top-level header, decoded; a malformed one is shown raw."""
+        message = self.root.headers
         result = []
-        for name, raw in self.message.raw_items():
+        for name, raw in message.raw_items():
             try:
-                value = str(self.message.policy.header_fetch_parse(name, raw))
+                value = str(message.policy.header_fetch_parse(name, raw))
             except Exception:  # the email package's parsers raise anything
                 value = str(raw)
             result.append((name, value))
@@ -107,97 +170,199 @@ class ParsedMessage:
     def addresses(self, name: str) -> list[str]:
         """The addr-specs in header ``name`` (To, Cc...); [] if absent or bad."""
         try:
-            header = self.message.get(name)
+            header = self.root.headers.get(name)
             return [a.addr_spec for a in getattr(header, "addresses", ())]
         except Exception:  # the email package's parsers raise anything
             return []
 
     @cached_property
-    def _nodes(self) -> list[email.message.MIMEPart]:
-        """Every part in document order; an attached message is one part."""
-        nodes: list[email.message.MIMEPart] = []
-
-        def visit(part: email.message.MIMEPart) -> None:
-            nodes.append(part)
-            if part.get_content_maintype() == "multipart" and part.is_multipart():
-                for child in part.iter_parts():
-                    visit(child)
-
-        visit(self.message)
-        return nodes
+    def _text_node(self) -> _Node | None:
+        return _body(self.root, "text/plain")
 
     @cached_property
-    def _text_part(self) -> email.message.MIMEPart | None:
-        return self.message.get_body(("plain",))
-
-    @cached_property
-    def _html_part(self) -> email.message.MIMEPart | None:
-        return self.message.get_body(("html",))
+    def _html_node(self) -> _Node | None:
+        return _body(self.root, "text/html")
 
     @property
     def text(self) -> str | None:
         """The plain-text body, or None when the message has none."""
-        return None if self._text_part is None else _decode_text(self._text_part)
+        node = self._text_node
+        return None if node is None else _decode_text(self._parse(node))
 
     @property
     def html(self) -> str | None:
         """The HTML alternative, or None. Untrusted: serve it, never embed it."""
-        return None if self._html_part is None else _decode_text(self._html_part)
+        node = self._html_node
+        return None if node is None else _decode_text(self._parse(node))
 
     @property
     def has_html(self) -> bool:
-        return self._html_part is not None
+        return self._html_node is not None
 
-    def iter_parts(self) -> Iterator[tuple[int, email.message.MIMEPart]]:
-        """Yield (index, part) for every leaf that is not a body."""
-        bodies = {id(self._text_part), id(self._html_part)}
-        for index, part in enumerate(self._nodes):
-            if part.is_multipart() and part.get_content_maintype() == "multipart":
-                continue
-            if id(part) in bodies:
-                continue
-            yield index, part
+    def _leaves(self) -> Iterator[_Node]:
+        """Every part that is not a body or a container, in document order."""
+        bodies = {id(self._text_node), id(self._html_node)}
+        for node in self._index:
+            if not node.container and id(node) not in bodies:
+                yield node
 
     @cached_property
     def parts(self) -> list[Part]:
         """The attachments and inline parts, for listing with download links."""
         return [
             Part(
-                index=index,
-                content_type=_content_type(part),
-                filename=_filename(part, index),
-                size=len(_payload(part)),
-                content_id=_content_id(part),
-                inline=part.get_content_disposition() != "attachment",
+                index=node.index,
+                content_type=_content_type(node.headers),
+                filename=_filename(node.headers, node.index),
+                size=_decoded_size(self.mime, node),
+                content_id=_content_id(node.headers),
+                inline=not node.attachment,
             )
-            for index, part in self.iter_parts()
+            for node in self._leaves()
         ]
 
-    def part(self, index: int) -> email.message.MIMEPart | None:
-        """Return the non-body leaf part at ``index`` (from ``parts``), or None."""
-        return dict(self.iter_parts()).get(index)
+    def part(self, index: int) -> email.message.EmailMessage | None:
+        """Return the non-body leaf part at ``index`` (from ``parts``), parsed."""
+        for node in self._leaves():
+            if node.index == index:
+                return self._parse(node)
+        return None
 
     def preview_html(self) -> str | None:
         """
         Return the HTML alternative with its ``cid:`` images made ``data:`` URLs.
 
         Browsers cannot resolve ``cid:`` references, so the inline images
-        (parts with a Content-ID) are embedded. Only exact ``cid:<id>``
-        strings are replaced, by base64 text, so this cannot add markup.
+        (parts with a Content-ID) that the HTML refers to are embedded; no
+        other part is decoded. Only exact ``cid:<id>`` strings are replaced,
+        by base64 text, so this cannot add markup.
         """
         html = self.html
         if html is None:
             return None
-        for _index, part in self.iter_parts():
-            content_id = _content_id(part)
-            content_type = _content_type(part)
+        for node in self._leaves():
+            content_id = _content_id(node.headers)
+            content_type = _content_type(node.headers)
             if not content_id or not _IMAGE_TYPE.fullmatch(content_type):
                 continue
-            data = base64.b64encode(_payload(part)).decode("ascii")
+            references = {content_id, quote(content_id, safe="@")}
+            if not any(f"cid:{reference}" in html for reference in references):
+                continue
+            data = base64.b64encode(_payload(self._parse(node))).decode("ascii")
             url = f"data:{content_type};base64,{data}"
-            for reference in {content_id, quote(content_id, safe="@")}:
+            for reference in references:
                 html = html.replace(f"cid:{reference}", url)
         return html
+
+
+#: Nesting deeper than this is shown as one part (a hostile message could
+#: nest thousands of levels).
+_MAX_DEPTH = 32
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _header_end(data: bytes, start: int, end: int) -> int:
+    """Where the body of the part at ``start`` begins (after the blank line)."""
+    if data.startswith(b"\r\n", start) or data.startswith(b"\n", start):
+        # No headers at all: the body starts after the blank line.
+        return start + (2 if data.startswith(b"\r\n", start) else 1)
+    match = _HEADER_END.search(data, start, end)
+    return match.end() if match else end
+
+
+def _split(data: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
+    """The (start, end) of each body part of a multipart body (RFC 2046)."""
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    lines = []  # (where the delimiter line starts, where the CRLF before it starts)
+    if data.startswith(delimiter, start):
+        lines.append((start, start))
+    position = start
+    while True:
+        found = data.find(b"\n" + delimiter, position, end)
+        if found < 0:
+            break
+        after = found + 1 + len(delimiter)
+        position = after
+        if data[after : after + 1] not in (b"\r", b"\n", b" ", b"\t", b"-", b""):
+            continue  # a longer boundary that starts the same
+        before = (
+            found - 1 if found > start and data[found - 1 : found] == b"\r" else found
+        )
+        lines.append((found + 1, before))
+    ranges = []
+    for number, (line, _before) in enumerate(lines):
+        after = line + len(delimiter)
+        if data.startswith(b"--", after):
+            break  # the close delimiter
+        line_end = data.find(b"\n", after, end)
+        if line_end < 0:
+            break
+        part_end = lines[number + 1][1] if number + 1 < len(lines) else end
+        ranges.append((line_end + 1, max(part_end, line_end + 1)))
+    return ranges
+
+
+def _body(node: _Node, content_type: str) -> _Node | None:
+    """
+    The part a mail client shows as the ``text/plain`` (or ``text/html``)
+    body: not an attachment, reached through multipart containers only (an
+    attached message's body is not this message's).
+    """
+    if node.container:
+        if node.content_type == "multipart/related" and node.children:
+            return _body(node.children[0], content_type)
+        for child in node.children:
+            found = _body(child, content_type)
+            if found is not None:
+                return found
+        return None
+    if node.content_type == content_type and not node.attachment:
+        return node
+    return None
+
+
+def _base64_size(data: bytes, start: int, end: int) -> int:
+    """
+    The decoded size of base64 text, without a pass over it when its lines
+    are all as long as the first (as every encoder writes them).
+    """
+    first_end = data.find(b"\n", start, end)
+    if first_end > start:
+        eol = 2 if data[first_end - 1 : first_end] == b"\r" else 1
+        width = first_end + 1 - start  # a line and its line end
+        lines = (end - start) // width
+        last = data[start + lines * width : end].strip()
+        # Every line break where it would be if all lines are as wide.
+        regular = all(
+            data[start + n * width - 1 : start + n * width] == b"\n"
+            for n in (1, lines // 2 or 1, lines)
+        ) and not last.count(b"\n")
+        if regular and b" " not in data[start:first_end]:
+            chars = lines * (width - eol) + len(last)
+            tail = data[max(start, end - 8) : end].rstrip(b"\r\n \t")
+            return max(0, chars * 3 // 4 - (len(tail) - len(tail.rstrip(b"="))))
+    blanks = sum(data.count(c, start, end) for c in (b"\r", b"\n", b" ", b"\t"))
+    tail = data[max(start, end - 8) : end].rstrip(b"\r\n \t")
+    padding = len(tail) - len(tail.rstrip(b"="))
+    return max(0, (end - start - blanks) * 3 // 4 - padding)
+
+
+def _decoded_size(data: bytes, node: _Node) -> int:
+    """A leaf's decoded size, from its encoded length: nothing is decoded."""
+    encoding = str(node.headers.get("Content-Transfer-Encoding", "")).strip().lower()
+    start, end = node.body_start, node.end
+    length = end - start
+    if encoding == "base64":
+        return _base64_size(data, start, end)
+    if encoding == "quoted-printable":
+        soft = data.count(b"=\r\n", start, end) * 3 + data.count(b"=\n", start, end) * 2
+        escapes = (
+            data.count(b"=", start, end)
+            - data.count(b"=\r\n", start, end)
+            - data.count(b"=\n", start, end)
+        )
+        return max(0, length - soft - escapes * 2)
+    return length
 
 
 def _decode_text(part: email.message.MIMEPart) -> str:

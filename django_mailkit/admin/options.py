@@ -23,6 +23,7 @@ from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -147,6 +148,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                     "message_id",
                     "mailer",
                     "attempts",
+                    "display_size",
                     "display_created_at",
                     "display_sent_at",
                     "last_error",
@@ -246,6 +248,12 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
             )
             for name, options in super().get_fieldsets(request, obj)
         ]
+
+    @admin.display(description=_("size"))
+    def display_size(self, obj: OutboxMessage) -> str:
+        # Stored when queued; older messages are measured.
+        size = obj.size if obj.size is not None else len(obj.mime)
+        return filesizeformat(size)
 
     @admin.display(description=_("created"))
     def display_created_at(self, obj: OutboxMessage) -> str:
