@@ -21,8 +21,8 @@ up, the same for every app) until the last one exits, every message sent.
 CPU per message: the drain processes' user+system time (from wait4(), so it
 includes the children they waited for: post_office's pool, RQ's work
 horses), and that of the PostgreSQL client backends of that database (from
-/proc/<pid>/stat, sampled every 0.05 s; a backend that appears during the drain counts from
-zero).
+/proc/<pid>/stat, sampled every 0.05 s; a backend that appears during the
+drain counts from zero).
 
 Not part of CI. Run with ``bash bench/compare`` (it makes a bench-only
 virtualenv with the other apps; they are never test dependencies).
@@ -60,7 +60,7 @@ def queue(count: int) -> None:
     django.setup()
     app = os.environ["BENCH_APP"]
     messages = [
-        ("Bench message %d" % i, BODY, "bench@example.com", [f"u{i}@example.com"])
+        (f"Bench message {i}", BODY, "bench@example.com", [f"u{i}@example.com"])
         for i in range(count)
     ]
     for start in range(0, count, 1000):
@@ -118,7 +118,8 @@ def free_port() -> int:
 
 def wait_for_port(port: int) -> None:
     for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port)).close()
             return
         time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
