@@ -408,10 +408,97 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
             )
 
 
+def bench_memory(quick: bool) -> None:
+    """Peak RSS of one worker delivering a batch of eight 30 MB messages."""
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from django_mailkit.models import OutboxMessage
+
+    if connection.vendor != "postgresql":
+        say("Outbox memory: skipped (needs PostgreSQL: bash .ci/services start)")
+        return
+    count, size = 8, 30 * 1024 * 1024
+    say(f"Outbox memory: one worker, a batch of {count} messages of {size >> 20} MB")
+    call_command("migrate", verbosity=0)
+    OutboxMessage.objects.all().delete()
+    with smtp_sink() as port:
+        with override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                    "OPTIONS": {"deliver_using": "smtp"},
+                },
+                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
+            },
+            MAILKIT={"USE_TASKS": False},
+        ):
+            # Incompressible bytes, so nothing shrinks them on the way.
+            payload = os.urandom(size * 3 // 4)  # base64 makes it ~30 MB
+            for i in range(count):
+                message = mailkit.EmailMessage(
+                    f"big {i}", "See attached.", "a@example.com", ["b@example.com"]
+                )
+                message.attach("blob.bin", payload, "application/octet-stream")
+                message.send()
+            del payload, message
+        stored = OutboxMessage.objects.order_by("pk").values_list("pk", flat=True)[:1]
+        one = len(bytes(OutboxMessage.objects.get(pk=stored[0]).mime))
+        OutboxMessage.objects.update(next_attempt_at=timezone.now() + timedelta(days=1))
+        env = {**os.environ, "BENCH_SINK_PORT": str(port), "PYTHONPATH": str(ROOT)}
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "mailkit_worker",
+                "--batch-size",
+                str(count),
+                "--interval",
+                "0.05",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(4)
+        idle = rss_kb(worker.pid)  # warmed up: connected, imported, idle
+        peak = idle
+        OutboxMessage.objects.update(next_attempt_at=timezone.now())
+        while OutboxMessage.objects.exclude(status="sent").exists():
+            if worker.poll() is not None:
+                break
+            peak = max(peak, rss_kb(worker.pid))
+            time.sleep(0.005)
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(30)
+    sent = OutboxMessage.objects.filter(status="sent").count()
+    OutboxMessage.objects.all().delete()
+    if code != 0 or sent != count:
+        raise SystemExit(f"outbox memory run failed: exit {code}, sent {sent}")
+    above = (peak - idle) * 1024
+    RESULTS.setdefault("outbox", {})["memory"] = {
+        "messages": count,
+        "message_bytes": one,
+        "rss_idle_kb": idle,
+        "rss_peak_kb": peak,
+        "peak_above_idle_per_message": round(above / one, 2),
+    }
+    say(
+        f"  RSS idle {idle / 1024:.1f} MB, peak {peak / 1024:.1f} MB: "
+        f"{above / 1048576:.1f} MB above idle = {above / one:.2f}x one message "
+        f"({one / 1048576:.1f} MB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
-    parser.add_argument("--only", default="build,loopback,latency,outbox")
+    parser.add_argument("--only", default="build,loopback,latency,outbox,memory")
     parser.add_argument("--drain", type=int, help="messages for the outbox drain")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -428,6 +515,8 @@ def main() -> None:
         bench_latency(args.quick)
     if "outbox" in sections:
         bench_outbox(args.quick, args.drain)
+    if "memory" in sections:
+        bench_memory(args.quick)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {

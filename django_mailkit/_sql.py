@@ -17,6 +17,7 @@ written.
 from __future__ import annotations
 
 import functools
+import io
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,15 @@ def column(meta: Options[Any], name: str) -> str:
     return model_field.column
 
 
+#: Messages up to this size come back with begin_attempt's UPDATE; larger
+#: ones are read in pieces of this size, so that the database driver never
+#: holds a large message twice over (PostgreSQL sends bytea as hex text).
+INLINE_BYTES = 1 << 20
+
+
 def begin_attempt_returning(
     record: OutboxMessage, db: str, *, now: datetime, expires: datetime
-) -> tuple[int, Any] | None:
+) -> tuple[int, bytes] | None:
     """
     The fenced UPDATE of ``begin_attempt()``, returning the new attempt count
     and the bytes (PostgreSQL, SQLite 3.35+); None if the lease was lost.
@@ -62,6 +69,7 @@ def begin_attempt_returning(
     connection = connections[db]
     quote = connection.ops.quote_name
     meta = record._meta
+    length = "octet_length" if connection.vendor == "postgresql" else "length"
 
     def col(name: str) -> str:
         return quote(column(meta, name))
@@ -72,16 +80,40 @@ def begin_attempt_returning(
             f"{col('attempts')} = {col('attempts')} + 1, "
             f"{col('lease_expires_at')} = %s, {col('updated_at')} = %s "
             f"WHERE {col('id')} = %s AND {col('claim_token')} = %s "
-            f"RETURNING {col('attempts')}, {col('mime')}",
+            f"RETURNING {col('attempts')}, {length}({col('mime')}), "
+            f"CASE WHEN {length}({col('mime')}) <= %s THEN {col('mime')} END",
             [
                 connection.ops.adapt_datetimefield_value(expires),
                 connection.ops.adapt_datetimefield_value(now),
                 record.pk,
                 record.claim_token,
+                INLINE_BYTES,
             ],
         )
         row = cursor.fetchone()
-    return None if row is None else (row[0], row[1])
+        if row is None:
+            return None
+        attempts, size, mime = row
+        if mime is None:
+            mime = _read_in_pieces(cursor, record, size or 0)
+    return attempts, bytes(mime)
+
+
+def _read_in_pieces(cursor: Any, record: OutboxMessage, size: int) -> bytes:
+    quote = cursor.db.ops.quote_name
+    meta = record._meta
+    buffer = io.BytesIO()
+    for start in range(1, size + 1, INLINE_BYTES):
+        cursor.execute(
+            f"SELECT substr({quote(column(meta, 'mime'))}, %s, %s) "
+            f"FROM {quote(meta.db_table)} WHERE {quote(column(meta, 'id'))} = %s",
+            [start, INLINE_BYTES, record.pk],
+        )
+        (piece,) = cursor.fetchone()
+        buffer.write(piece)
+        del piece
+    # The buffer's own bytes object, not a copy.
+    return buffer.getvalue()
 
 
 def record_attempt_postgresql(

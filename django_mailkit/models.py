@@ -361,11 +361,12 @@ class OutboxMessage(models.Model):
         ):
             from ._sql import begin_attempt_returning
 
-            # One round trip: the fenced UPDATE returns the bytes.
+            # One round trip (for all but large messages): the fenced
+            # UPDATE returns the bytes.
             row = begin_attempt_returning(self, db, now=now, expires=expires)
             if row is None:
                 return False
-            attempts, mime = row
+            attempts, self.mime = row
         else:
             with transaction.atomic(using=db):
                 if not self._fenced(db).update(
@@ -373,10 +374,10 @@ class OutboxMessage(models.Model):
                 ):
                     return False
                 attempts, mime = self._fenced(db).values_list("attempts", "mime").get()
+                self.mime = bytes(mime)
         self.attempts = attempts
         self.lease_expires_at = expires
         self.updated_at = now
-        self.mime = bytes(mime)
         return True
 
     def forget_bytes(self) -> None:

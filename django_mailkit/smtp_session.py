@@ -99,6 +99,9 @@ class Transmission:
     transactions: int = 0
 
 
+#: Writes smaller than this are joined into one (one packet for a pipelined
+#: transaction); a larger piece, such as a message's bytes, goes as it is.
+_COALESCE = 64 * 1024
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -147,12 +150,14 @@ class Job:
             if r not in replies and r not in in_flight
         ]
 
-    def content(self) -> bytes:
-        """The DATA content: dot-stuffed, ending with CRLF and the final dot."""
+    def content(self) -> list[bytes]:
+        """
+        The DATA content, dot-stuffed and ending with CRLF and the final dot,
+        in pieces: a large message is never copied to add its last line.
+        """
+        # The same object when no line starts with a dot (the usual case).
         data = _LEADING_DOT.sub(b"..", self.data)
-        if not data.endswith(b"\r\n"):
-            data += b"\r\n"
-        return data + b".\r\n"
+        return [data, b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"]
 
     def stop(self, error: BaseException) -> None:
         """End this job: what is still untried or in flight stays unknown."""
@@ -213,7 +218,7 @@ class Session:
         #: Whether any job got a reply for a recipient.
         self.progress = False
         # Written, or to be written with the next commands, and unanswered.
-        self._unsent = b""
+        self._unsent: list[bytes] = []
         self._awaiting: list[_Awaiting] = []
 
     def run(self, jobs: list[Job]) -> None:
@@ -283,8 +288,8 @@ class Session:
         )
         job.result.transactions += 1
         if self.pipelining:
-            self._send(self._unsent + commands + b"DATA\r\n")
-            self._unsent = b""
+            self._send(*self._unsent, commands, b"DATA\r\n")
+            self._unsent = []
             self._read_awaiting()
             mail_reply = self._reply(job, "MAIL")
             replies = [self._reply(job, address) for address in chunk]
@@ -367,7 +372,7 @@ class Session:
             self._awaiting.append(_Awaiting(job, took))
             return
         self._awaiting.append(_Awaiting(job, took))
-        self._send(job.content())
+        self._send(*job.content())
         self._read_awaiting()
 
     @staticmethod
@@ -379,7 +384,7 @@ class Session:
         if self.lost:
             return
         if self.pipelining:
-            self._unsent += b"RSET\r\n"
+            self._unsent.append(b"RSET\r\n")
             self._awaiting.append(_Awaiting(None, None))
         else:
             self._send(b"RSET\r\n")
@@ -387,8 +392,8 @@ class Session:
 
     def _flush(self) -> None:
         if self._unsent or self._awaiting:
-            self._send(self._unsent)
-            self._unsent = b""
+            self._send(*self._unsent)
+            self._unsent = []
             self._read_awaiting()
 
     def _read_awaiting(self) -> None:
@@ -402,9 +407,24 @@ class Session:
                 item.job.finish_transaction(item.recipients, reply)
                 self.progress = True
 
-    def _send(self, data: bytes) -> None:
-        if data:
-            self.connection.send(data)
+    def _send(self, *parts: bytes) -> None:
+        """Write ``parts`` in order: small ones together, large ones as they are."""
+        pending: list[bytes] = []
+        size = 0
+        for part in parts:
+            if len(part) >= _COALESCE:
+                if pending:
+                    self.connection.send(b"".join(pending))
+                    pending, size = [], 0
+                self.connection.send(part)  # not copied
+                continue
+            pending.append(part)
+            size += len(part)
+            if size >= _COALESCE:
+                self.connection.send(b"".join(pending))
+                pending, size = [], 0
+        if size:
+            self.connection.send(b"".join(pending))
 
     def _reply(self, job: Job | None = None, command: str = "") -> Reply:
         """

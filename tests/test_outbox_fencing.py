@@ -208,6 +208,19 @@ class TestMemory:
         claimed[0].forget_bytes()
         assert "mime" not in claimed[0].__dict__
 
+    def test_large_messages_are_read_in_pieces(self, outbox, monkeypatch):
+        from django_mailkit import _sql
+
+        monkeypatch.setattr(_sql, "INLINE_BYTES", 100)
+        (record,) = queue(1)
+        stored = bytes(OutboxMessage.objects.get(pk=record.pk).mime)
+        assert len(stored) > 250  # three pieces
+        (claimed,) = OutboxMessage.objects.claim("w", limit=1, lease=LEASE)
+        assert claimed.begin_attempt(LEASE) is True
+        assert claimed.__dict__["mime"] == stored
+        assert type(claimed.__dict__["mime"]) is bytes
+        assert deliver_batch([claimed], worker="w").of(record.pk) is Result.SENT
+
     def test_each_message_bytes_loaded_only_while_it_is_sent(self, outbox):
         queue(3)
         claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
