@@ -2,6 +2,8 @@
 
 from django.dispatch import Signal
 
+__all__ = ["recipients_refused"]
+
 #: Sent by the SMTP backend when the server accepted a message for some
 #: recipients and refused others (when it refuses all of them,
 #: ``smtplib.SMTPRecipientsRefused`` is raised instead).

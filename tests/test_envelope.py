@@ -13,6 +13,8 @@ from email.headerregistry import Address
 
 import pytest
 from django.utils.functional import lazy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_mailkit.envelope import (
     EnvelopeAddress,
@@ -178,3 +180,20 @@ def test_stored_envelope_bad_sender_or_recipient_list():
     # A string is not a list of addresses (it would be one per character).
     with pytest.raises(TypeError, match="list of addresses"):
         stored_envelope("from@example.com", "a@example.com")
+
+
+_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=8)
+_LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
+
+
+@given(
+    name=st.lists(_ATOM, max_size=3),
+    local=st.lists(_ATOM, min_size=1, max_size=3),
+    domain=st.lists(_LABEL, min_size=1, max_size=3),
+)
+@settings(max_examples=200, deadline=None)
+def test_fast_path_agrees_with_the_full_parser(name, local, domain):
+    addr_spec = f"{'.'.join(local)}@{'.'.join(domain)}"
+    text = f"{' '.join(name)} <{addr_spec}>" if name else addr_spec
+    # A trailing space keeps the text off the fast path.
+    assert envelope_address(text) == envelope_address(text + " ") == addr_spec
