@@ -40,7 +40,7 @@ django.setup()
 from django.core import mail as django_mail  # noqa: E402
 
 import django_mailkit as mailkit  # noqa: E402
-from django_mailkit.message import render_bytes  # noqa: E402
+from django_mailkit.rendering import render_bytes  # noqa: E402
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 RESULTS: dict[str, dict[str, float | str]] = {}

@@ -33,7 +33,7 @@ from django.utils.encoding import force_bytes, force_str, punycode
 from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
-from . import deprecation, wire
+from . import deprecation, rendering
 
 # Django 6.1 made BadHeaderError plain ValueError (5.2 and 6.0 subclass it).
 _DjangoBadHeaderError: type[ValueError] = getattr(
@@ -203,13 +203,21 @@ def to_address(value: Any, *, field: str) -> Address:
     if isinstance(value, Address):
         for part in (value.display_name, value.username, value.domain):
             check_header(field, part)
+            _check_nul(value, part, field)
         return value
     text = str(value)  # may be a lazy translation string
     check_header(field, text)
+    _check_nul(text, text, field)
     try:
         return _parse_mailbox(text)
     except _AddressError as exc:
         raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
+
+
+def _check_nul(value: Any, part: str, field: str) -> None:
+    # Python writes a NUL as it is; no mail system accepts it.
+    if "\x00" in part:
+        raise ValueError(f"Invalid address {value!r} in {field}: it contains NUL.")
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -250,6 +258,7 @@ def _header_groups(text: str, *, field: str) -> list[Group]:
     may list several addresses, or groups such as ``undisclosed-recipients:;``.
     """
     check_header(field, text)
+    _check_nul(text, text, field)
     try:
         parsed = _parse_address_list(text)
     except _AddressError as exc:
@@ -523,78 +532,8 @@ class EmailMessage:
     def _add_headers(self, msg: MIMEMessage) -> None:
         ascii_only = not getattr(msg.policy, "utf8", False)
         for name, value in self.header_items(ascii_only=ascii_only):
-            msg[name] = value
-
-    # The fast renderer (see wire.py): the same message, written directly.
-
-    def _wire(self, policy: email.policy.EmailPolicy) -> tuple[bytes, str]:
-        if self.charset.lower() not in ("utf-8", "utf8"):
-            raise wire.Unsupported("charset")
-        utf8, linesep = bool(policy.utf8), policy.linesep
-        items = self.header_items(ascii_only=not utf8)
-        head = "".join(
-            wire.header_line(name, value, utf8=utf8, linesep=linesep)
-            for name, value in items
-        )
-        message_id = next(
-            (str(value) for name, value in items if name.lower() == "message-id"), ""
-        )
-        body = self._wire_body(policy)
-        if self.attachments:
-            parts = [] if body is None else [body]
-            parts.extend(self._wire_attachment(a, policy) for a in self.attachments)
-            body = wire.multipart(self.mixed_subtype, parts, linesep=linesep)
-        assert body is not None
-        return wire.message_bytes(head, body, linesep=linesep), message_id
-
-    def _wire_body(self, policy: email.policy.EmailPolicy) -> bytes | None:
-        if not (self.body or not self.attachments):
-            return None
-        return wire.text_entity(
-            _text(self.body, self.charset),
-            self.content_subtype,
-            self.charset,
-            linesep=policy.linesep,
-        )
-
-    def _wire_attachment(
-        self, attachment: Any, policy: email.policy.EmailPolicy
-    ) -> bytes:
-        linesep = policy.linesep
-        if isinstance(attachment, email.message.Message):
-            return attachment.as_bytes(policy=policy)
-        filename, content, mimetype = attachment
-        content, mimetype = _decode_text(content, mimetype, filename)
-        maintype, subtype = mimetype.split("/", 1)
-        if maintype == "text":
-            return wire.text_entity(
-                _text(content, self.charset),
-                subtype,
-                self.charset,
-                linesep=linesep,
-                disposition="attachment",
-                filename=filename,
-            )
-        if maintype == "message":
-            if isinstance(content, EmailMessage):
-                inner, _ = render_bytes(content, policy)
-            else:
-                inner = _as_mime(content, policy).as_bytes(policy=policy)
-            return wire.embedded_entity(
-                inner,
-                mimetype,
-                linesep=linesep,
-                disposition="attachment",
-                filename=filename,
-            )
-        data = (
-            bytes(content)
-            if isinstance(content, bytes | bytearray | memoryview)
-            else force_bytes(content, encoding=self.charset)
-        )
-        return wire.binary_entity(
-            data, mimetype, linesep=linesep, disposition="attachment", filename=filename
-        )
+            # Folded as on the fast route: see rendering.py.
+            msg[name] = rendering.header(msg.policy, name, value)
 
     def _add_bodies(self, msg: MIMEMessage) -> None:
         if self.body or not self.attachments:
@@ -710,34 +649,6 @@ class EmailMultiAlternatives(EmailMessage):
                     return False
         return True
 
-    def _wire_body(self, policy: email.policy.EmailPolicy) -> bytes | None:
-        body = (
-            super()._wire_body(policy) if (self.body or not self.alternatives) else None
-        )
-        if not self.alternatives:
-            return body
-        parts = [] if body is None else [body]
-        for content, mimetype in self.alternatives:
-            maintype, subtype = split_mimetype(mimetype, "alternative")
-            if maintype == "text":
-                parts.append(
-                    wire.text_entity(
-                        _text(content, self.charset),
-                        subtype,
-                        self.charset,
-                        linesep=policy.linesep,
-                    )
-                )
-            else:
-                parts.append(
-                    wire.binary_entity(
-                        force_bytes(content, encoding=self.charset),
-                        mimetype,
-                        linesep=policy.linesep,
-                    )
-                )
-        return wire.multipart(self.alternative_subtype, parts, linesep=policy.linesep)
-
     def _add_bodies(self, msg: MIMEMessage) -> None:
         if self.body or not self.alternatives:
             super()._add_bodies(msg)
@@ -806,68 +717,6 @@ def _as_mime(content: Any, policy: email.policy.Policy) -> email.message.Message
     if isinstance(content, email.message.Message):
         return content
     return email.message_from_bytes(force_bytes(content), policy=policy)
-
-
-# The methods that decide what message() builds: a subclass that overrides
-# any of them gets the standard route, so its customisation is honoured.
-_BUILD_METHODS = (
-    "message",
-    "header_items",
-    "_header_value",
-    "_add_headers",
-    "_add_bodies",
-    "_add_attachments",
-    "_add_attachment",
-)
-
-
-def _builds_like(cls: type) -> bool:
-    base = (
-        EmailMultiAlternatives
-        if issubclass(cls, EmailMultiAlternatives)
-        else EmailMessage
-    )
-    return all(getattr(cls, name) is getattr(base, name) for name in _BUILD_METHODS)
-
-
-def render_bytes(email_message: Any, policy: email.policy.Policy) -> tuple[bytes, str]:
-    """
-    Return the wire bytes of any EmailMessage-like object, and its Message-ID.
-
-    Messages of this app (and subclasses that don't change how they are
-    built) are written by the fast renderer when it handles them; the rest
-    go through ``message()``.
-    """
-    if (
-        isinstance(email_message, EmailMessage)
-        and _builds_like(type(email_message))
-        and wire.policy_supported(policy)
-    ):
-        try:
-            return email_message._wire(policy)  # type: ignore[arg-type]
-        except wire.Unsupported:
-            pass
-    mime = render(email_message, policy)
-    return mime.as_bytes(), str(mime.get("Message-ID", ""))
-
-
-def render(email_message: Any, policy: email.policy.Policy) -> email.message.Message:
-    """
-    Build any EmailMessage-like object (ours or Django's) under ``policy``.
-
-    Django 5.2's EmailMessage.message() takes no policy and returns a legacy
-    compat32 object; its wire form is re-parsed under ``policy``.
-    """
-    built: email.message.Message
-    if isinstance(email_message, EmailMessage) or django.VERSION >= (6, 0):
-        built = email_message.message(policy=policy)
-        return built
-    try:
-        built = email_message.message(policy=policy)
-        return built
-    except TypeError:
-        data = email_message.message().as_bytes(linesep="\n")
-        return email.message_from_bytes(data, policy=policy)
 
 
 def __getattr__(name: str) -> Any:

@@ -1570,23 +1570,8 @@ def test_long_non_ascii_display_name_cannot_inject_addresses(policy):
     _assert_single_mailboxes(_message_from_crafted(name), policy, name, folded=True)
 
 
-def _python_refolding_drops_quotes():
-    """Tell whether this Python has CPython gh-80222 (address spoofing)."""
-    msg = email.message.EmailMessage()
-    msg["To"] = [Address("a" * 70 + ", evil@example.net", "to", "example.com")]
-    return len(parse(msg.as_bytes())["To"].addresses) != 1
-
-
-@pytest.mark.xfail(
-    _python_refolding_drops_quotes(),
-    reason=(
-        "CPython gh-80222: when a long quoted display name is refolded the "
-        "quotes are dropped, so its commas split it into several addresses. "
-        "Needs a Python release with the gh-80222 fix, or a workaround in "
-        "django_mailkit.message."
-    ),
-    strict=True,
-)
+# CPython's own folding of these (gh-80222) drops the quotes, so the commas
+# split the name into several addresses; ours never refolds a display name.
 @pytest.mark.parametrize(
     ("name", "policy"),
     [
@@ -1622,26 +1607,8 @@ LIST_SEPARATOR_TRIGGER = [
 ]
 
 
-def _python_encodes_list_separators():
-    """Tell whether this Python has CPython gh-100884 (CVE-2025-1795)."""
-    msg = email.message.EmailMessage()
-    msg["To"] = LIST_SEPARATOR_TRIGGER
-    return len(parse(msg.as_bytes())["To"].addresses) != 2
-
-
-PYTHON_ENCODES_LIST_SEPARATORS = _python_encodes_list_separators()
-
-
-@pytest.mark.xfail(
-    PYTHON_ENCODES_LIST_SEPARATORS,
-    reason=(
-        "CPython gh-100884 (CVE-2025-1795): folding an address list can "
-        "encode the comma between two addresses as an encoded-word, so the "
-        "next address disappears from the header. Needs a Python release "
-        "with the fix, or a workaround in django_mailkit.message."
-    ),
-    strict=True,
-)
+# CPython's own folding of these (gh-100884, CVE-2025-1795) encodes the comma
+# between the two addresses, so the second one disappears.
 @pytest.mark.parametrize(
     "policy", [email.policy.default, email.policy.SMTP], ids=["default", "SMTP"]
 )
@@ -1873,10 +1840,8 @@ _BODY = st.lists(st.text(_TEXT, max_size=120), max_size=8).map(
 @given(
     subject=_HEADER_TEXT,
     from_name=_DISPLAY_NAME,
-    # Several addresses in one header hit gh-100884 on Pythons that have it.
-    to_names=st.lists(
-        _DISPLAY_NAME, min_size=1, max_size=1 if PYTHON_ENCODES_LIST_SEPARATORS else 3
-    ),
+    # Several addresses in one header: folding must keep every one.
+    to_names=st.lists(_DISPLAY_NAME, min_size=1, max_size=3),
     filename=_FILENAME,
     body=_BODY,
     attachment_text=_BODY,

@@ -6,7 +6,7 @@ import email.policy
 import sys
 from typing import Any, TextIO
 
-from ..message import render
+from ..rendering import render
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import conf
-from ..message import render
+from ..rendering import render
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]

@@ -11,7 +11,7 @@ import django
 from django.core import mail
 
 from .. import conf
-from ..message import render
+from ..rendering import render
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]

@@ -18,7 +18,7 @@ from django.db import DatabaseError, router, transaction
 from django.utils import timezone
 
 from ..envelope import message_envelope
-from ..message import render_bytes
+from ..rendering import render_bytes
 from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]

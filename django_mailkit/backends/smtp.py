@@ -18,7 +18,7 @@ from django.core.mail.utils import DNS_NAME  # noqa: F401  (Django 6.1 exports i
 from .. import conf, deprecation
 from ..envelope import Envelope, EnvelopeAddress, message_envelope
 from ..exceptions import InvalidMailerValueError
-from ..message import render_bytes
+from ..rendering import render_bytes
 from ..signals import recipients_refused
 from ..smtp_session import (
     DEFAULT_MAX_RECIPIENTS,
