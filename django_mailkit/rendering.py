@@ -89,11 +89,12 @@ _DEFAULT = email.policy.default
 
 
 def _standard_registry(factory: Any) -> bool:
-    return factory is _DEFAULT.header_factory or (
+    default: Any = _DEFAULT.header_factory
+    return factory is default or (
         type(factory) is HeaderRegistry
-        and factory.registry == _DEFAULT.header_factory.registry
-        and factory.base_class is _DEFAULT.header_factory.base_class
-        and factory.default_class is _DEFAULT.header_factory.default_class
+        and factory.registry == default.registry
+        and factory.base_class is default.base_class
+        and factory.default_class is default.default_class
     )
 
 
