@@ -300,15 +300,20 @@ class Delivery:
 
 
 class _Rule:
-    """A misbehaviour that applies ``times`` times (None: always)."""
+    """A misbehaviour that applies ``times`` times (None: always), once
+    ``skip`` occasions have passed."""
 
-    def __init__(self, value: Any, times: int | None) -> None:
+    def __init__(self, value: Any, times: int | None, skip: int = 0) -> None:
         self.value = value
         self.remaining = times
+        self.skip = skip
         self._lock = threading.Lock()
 
     def fire(self) -> bool:
         with self._lock:
+            if self.skip > 0:
+                self.skip -= 1
+                return False
             if self.remaining is None:
                 return True
             if self.remaining > 0:
@@ -636,9 +641,12 @@ class SMTPTestServer:
         """Answer ``reply`` (e.g. "451 ...") to RCPT TO for this address."""
         self._recipient_rules[address] = _Rule(reply, times)
 
-    def hang_up_during_data(self, *, times: int | None = None) -> None:
-        """Close the connection after the message data, without replying."""
-        self._rules["DATA"] = _Rule(None, times)
+    def hang_up_during_data(self, *, times: int | None = None, skip: int = 0) -> None:
+        """
+        Close the connection after the message data, without replying
+        (after ``skip`` messages were accepted normally).
+        """
+        self._rules["DATA"] = _Rule(None, times, skip)
 
     def stall(self, stage: str, seconds: float = STALL_FOREVER) -> None:
         """Wait ``seconds`` before the greeting or the reply to MAIL/RCPT/DATA."""

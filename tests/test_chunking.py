@@ -123,3 +123,47 @@ def test_outbox_2500_recipients_past_a_server_limit_of_1000(smtp_server, limit):
     expected = [100] * 25 if limit == 100 else [2500, 1000, 500]
     assert rcpt_counts(smtp_server) == expected
     assert len({d.message["Message-ID"] for d in smtp_server.deliveries}) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_outbox_connection_lost_between_transactions(smtp_server):
+    """
+    The server hangs up in the second transaction's DATA, unanswered. The
+    first transaction's recipients are recorded as sent and never sent to
+    again; the rest are retried, and every recipient ends with one copy.
+    """
+    smtp_server.hang_up_during_data(times=1, skip=1)
+    to = addresses(250)
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": smtp_mailer(smtp_server),
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        assert (
+            mailers.default.send_messages(
+                [EmailMessage("Many", "body", "from@example.com", to)]
+            )
+            == 1
+        )
+        Worker(once=True, interval=0).run()
+        record = OutboxMessage.objects.get()
+        assert record.status == Status.QUEUED and record.attempts == 1
+        sent = set(
+            record.recipient_set.filter(status=RecipientStatus.SENT).values_list(
+                "address", flat=True
+            )
+        )
+        assert sent == set(to[:100])
+        assert "SMTPServerDisconnected" in record.last_error
+        OutboxMessage.objects.update(next_attempt_at=timezone.now())
+        Worker(once=True, interval=0).run()
+    record.refresh_from_db()
+    assert record.status == Status.SENT and record.attempts == 2
+    delivered = delivered_to(smtp_server)
+    assert sorted(delivered) == sorted(to)  # each exactly once
