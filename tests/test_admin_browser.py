@@ -401,3 +401,167 @@ def test_the_admin_end_to_end(page, live_server, outbox):
         in page.locator(".messagelist").inner_text()
     )
     assert smtp_server.deliveries[-1].rcpt_tos == ["dora@example.com"]
+
+
+# Layout: every page, at two widths, light and dark, on the oldest and the
+# newest supported Django (6.0 shares 5.2's admin layout and CSS hooks).
+
+LAYOUT_VERSIONS = {(5, 2), (6, 1)}
+WIDTHS = [1280, 1920]
+SCHEMES = ["light", "dark"]
+
+#: Per page: pairs of elements whose boxes must not overlap.
+APART = {
+    "changelist": [
+        (".object-tools", ".mailkit-dashboard"),
+        ("#content h1", ".mailkit-dashboard"),
+        (".mailkit-dashboard", "#changelist"),
+        (".breadcrumbs", "#content"),
+    ],
+    "message": [
+        (".object-tools", "#content-main fieldset"),
+        (".mailkit-tabs", "iframe.mailkit-preview"),
+        (".breadcrumbs", "#content"),
+    ],
+    "failed-message": [
+        (".breadcrumbs", "#content"),
+        (".mailkit-tabs", ".mailkit-recipients"),
+    ],
+    "send-test-email": [
+        (".breadcrumbs", "#content"),
+        ("#send-test-email-form fieldset", ".submit-row"),
+    ],
+    "confirm-resend": [
+        (".breadcrumbs", "#content"),
+        (".mailkit-explain", ".mailkit-confirm-list"),
+        (".mailkit-confirm-list", "input[type=submit]"),
+    ],
+}
+
+
+def boxes(page: Any, selectors: list[str]) -> dict[str, dict[str, float]]:
+    """Each selector's first visible element's box, in page coordinates."""
+    return page.evaluate(
+        """selectors => Object.fromEntries(selectors.map(s => {
+            const el = Array.from(document.querySelectorAll(s))
+                .find(e => e.getClientRects().length);
+            if (!el) return [s, null];
+            const r = el.getBoundingClientRect();
+            return [s, {x: r.left + scrollX, y: r.top + scrollY,
+                        width: r.width, height: r.height}];
+        }))""",
+        selectors,
+    )
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"] - 1
+        and b["x"] < a["x"] + a["width"] - 1
+        and a["y"] < b["y"] + b["height"] - 1
+        and b["y"] < a["y"] + a["height"] - 1
+    )
+
+
+def check_layout(page: Any, name: str) -> list[str]:
+    """What is wrong with the page's layout (an empty list: nothing)."""
+    problems = []
+    pairs = APART[name]
+    found = boxes(page, sorted({s for pair in pairs for s in pair}))
+    for first, second in pairs:
+        a, b = found[first], found[second]
+        if a is None or b is None:
+            problems.append(f"missing: {first if a is None else second}")
+        elif overlap(a, b):
+            problems.append(f"{first} overlaps {second}: {a} / {b}")
+    # Breadcrumbs are one line (a raw numbered list is several).
+    crumbs = found.get(".breadcrumbs") or boxes(page, [".breadcrumbs"])[".breadcrumbs"]
+    if crumbs and crumbs["height"] > 60:
+        problems.append(f"breadcrumbs are {crumbs['height']}px tall")
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    if overflow > 0:
+        problems.append(f"the page scrolls sideways by {overflow}px")
+    # The changelist's columns fit: no column hides behind a sideways scroll.
+    hidden = page.evaluate(
+        "(() => { const r = document.querySelector('.results');"
+        " return r ? r.scrollWidth - r.clientWidth : 0; })()"
+    )
+    if hidden > 0:
+        problems.append(f"the list's columns overflow by {hidden}px")
+    return problems
+
+
+@pytest.mark.skipif(
+    django.VERSION[:2] not in LAYOUT_VERSIONS,
+    reason="the screenshot matrix runs on Django 5.2 and 6.1",
+)
+def test_every_page_lays_out_at_two_widths_light_and_dark(browser, live_server, outbox):
+    messages = send_samples()
+    failed = messages["Undeliverable"]
+    OutboxMessage.objects.filter(pk=failed.pk).update(
+        last_error="refused-carol@example.com: 550 5.1.1 <refused-carol@example.com>: "
+        "Recipient address rejected: User unknown in virtual mailbox table"
+    )
+    newsletter = messages["Monthly newsletter"]
+    User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    ARTIFACTS.mkdir(exist_ok=True)
+    version = "django{}{}".format(*django.VERSION[:2])
+    problems = {}
+    for scheme in SCHEMES:
+        context = browser.new_context(
+            base_url=live_server.url,
+            viewport={"width": WIDTHS[0], "height": 900},
+            color_scheme=scheme,
+        )
+        context.set_default_timeout(10_000)
+        page = context.new_page()
+        page.goto("/admin/login/?next=/admin/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url("**/admin/")
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 900})
+            for name in APART:
+                if name == "confirm-resend":
+                    page.goto(admin_url("changelist"))
+                    page.locator(f"input[value='{newsletter.pk}']").check()
+                    page.select_option("select[name=action]", "resend")
+                    page.locator("button[name=index]").first.click()
+                    page.wait_for_selector(".mailkit-confirm-page")
+                else:
+                    page.goto(
+                        {
+                            "changelist": admin_url("changelist"),
+                            "message": admin_url("change", newsletter.pk),
+                            "failed-message": admin_url("change", failed.pk),
+                            "send-test-email": admin_url("send_test_email"),
+                        }[name]
+                    )
+                if name == "message":
+                    # The preview is as tall as its content.
+                    frame = page.locator("iframe.mailkit-preview")
+                    page.frame_locator("iframe.mailkit-preview").locator(
+                        "#logo"
+                    ).wait_for()
+                    page.wait_for_function(
+                        "() => { const f = document.querySelector("
+                        "'iframe.mailkit-preview'); const d = f.contentDocument;"
+                        " return d && d.readyState === 'complete' &&"
+                        " Math.abs(f.clientHeight - d.documentElement.scrollHeight)"
+                        " <= 4; }"
+                    )
+                    assert frame.bounding_box()["height"] < 400  # not 30rem
+                found = check_layout(page, name)
+                if found:
+                    problems[f"{name} {width} {scheme}"] = found
+                page.screenshot(
+                    path=str(
+                        ARTIFACTS / f"layout-{version}-{name}-{width}-{scheme}.png"
+                    ),
+                    full_page=True,
+                )
+        context.close()
+    assert problems == {}

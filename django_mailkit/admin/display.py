@@ -518,7 +518,10 @@ def attempt_outcome(attempt: Any) -> tuple[str, str]:
         temporary = all(400 <= (code or 0) < 500 for code, _reply in replies)
         if attempt.outcome == "retry" and temporary:
             return "retry", str(_("Temporary failure"))
-        return "failed", str(_("Delivered to nobody"))
+        if attempt.outcome in ("sent", "partial"):
+            # The message's outcome, not this attempt's.
+            return "failed", str(_("Delivered to nobody"))
+        return "failed", str(_("Failed"))
     return attempt.outcome, str(attempt.get_outcome_display())
 
 

@@ -71,8 +71,8 @@ __all__ = ["OutboxMessageAdmin", "resend_messages"]
 
 #: How much of a message's source the "Raw source" tab shows.
 RAW_SOURCE_SHOWN = 64 * 1024
-#: How much of a message's last error the changelist shows.
-ERROR_COLUMN_CHARS = 90
+#: How much of a message's last error the changelist shows, under its status.
+ERROR_COLUMN_CHARS = 80
 
 
 def outbox_action(
@@ -108,12 +108,9 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
     list_display = [
         "display_subject",
         "display_recipients",
-        "mailer",
-        "display_status",
-        "attempts",
+        "display_outcome",
         "display_created",
         "display_sent",
-        "display_error",
     ]
     list_display_links = ["display_subject"]
     list_filter = [
@@ -211,13 +208,24 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
     def display_sent(self, obj: OutboxMessage) -> str | None:
         return _short_datetime(obj.sent_at) if obj.sent_at else None
 
-    @admin.display(description=_("last error"))
-    def display_error(self, obj: OutboxMessage) -> str | None:
-        """The reason for a failure, shortened; the whole text on hover."""
+    @admin.display(description=_("status"))
+    def display_outcome(self, obj: OutboxMessage) -> str:
+        """
+        The status, with the attempts it took when more than one, and for a
+        failure its reason: shortened, whole on hover.
+        """
+        status = self.display_status(obj)
+        if obj.attempts > 1:
+            status = format_html(
+                '{} <span class="mailkit-attempts-count">{}</span>',
+                status,
+                ngettext("%d attempt", "%d attempts", obj.attempts) % obj.attempts,
+            )
         if not obj.last_error:
-            return None
+            return status
         return format_html(
-            '<span class="mailkit-last-error" title="{}">{}</span>',
+            '{}<div class="mailkit-last-error" title="{}">{}</div>',
+            status,
             obj.last_error,
             Truncator(" ".join(obj.last_error.split())).chars(ERROR_COLUMN_CHARS),
         )

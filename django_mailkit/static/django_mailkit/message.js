@@ -47,10 +47,15 @@
             return;
         }
         try {
-            const root = frame.contentDocument && frame.contentDocument.documentElement;
-            if (root) {
-                const height = Math.max(root.scrollHeight, frame.contentDocument.body ? frame.contentDocument.body.scrollHeight : 0);
-                frame.style.height = Math.min(Math.max(height + 2, 120), 20000) + 'px';
+            const doc = frame.contentDocument;
+            if (doc && doc.documentElement) {
+                // The document is at least as tall as its frame: measure it
+                // in a frame of no height, then give it that height.
+                const scrollY = window.scrollY;
+                frame.style.height = '0px';
+                const height = doc.documentElement.scrollHeight;
+                frame.style.height = Math.min(Math.max(height, 80), 20000) + 'px';
+                window.scrollTo(window.scrollX, scrollY);
             }
         } catch (error) {
             // Opaque origin (an older page, or a browser without support): keep the CSS height.
