@@ -1042,6 +1042,25 @@ class TestPreviewSafety:
         (frame,) = iframes(admin_page)
         assert frame["sandbox"] == "allow-same-origin"  # never allow-scripts
 
+    def test_tags_that_fetch_or_navigate_are_made_inert(self, superuser_client):
+        record = queue(
+            html='<LINK rel=prefetch href="https://t.example/p"><meta\thttp-equiv='
+            '"refresh" content="0;url=https://t.example/r"><link/rel=preload>'
+            "<linkage>text</linkage><p>kept</p>"
+        )
+        body = superuser_client.get(
+            admin_url("preview", record.pk), {"remote_images": "1"}
+        ).content.decode()
+        assert re.findall(r"<(/?[\w-]+)", body) == [
+            "x-mailkit-LINK",
+            "x-mailkit-meta",
+            "x-mailkit-link",
+            "linkage",
+            "/linkage",
+            "p",
+            "/p",
+        ]
+
     def test_remote_images_only_on_request(self, superuser_client):
         record, png = inline_image_message()
         response = superuser_client.get(admin_url("preview", record.pk))

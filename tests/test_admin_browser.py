@@ -565,3 +565,48 @@ def test_every_page_lays_out_at_two_widths_light_and_dark(browser, live_server, 
                 )
         context.close()
     assert problems == {}
+
+
+def test_loading_remote_images_loads_images_only(page, beacon, outbox):
+    """With remote images allowed, nothing but images is fetched."""
+    log_in(page)
+    html = f"""
+<meta http-equiv="refresh" content="1; url={beacon.url}/refresh">
+<link rel="prefetch" href="{beacon.url}/prefetch">
+<LINK REL=prefetch HREF="{beacon.url}/prefetch-upper">
+<svg><link rel="prefetch" href="{beacon.url}/prefetch-svg"/></svg>
+<link rel="prerender" href="{beacon.url}/prerender">
+<link rel="stylesheet" href="{beacon.url}/stylesheet.css">
+<link rel="preload" as="fetch" href="{beacon.url}/preload-fetch">
+<link rel="modulepreload" href="{beacon.url}/modulepreload.js">
+<style>@import url("{beacon.url}/import.css");
+  @font-face {{ font-family: x; src: url("{beacon.url}/font.woff"); }}
+  p {{ font-family: x; }}</style>
+<p id="marker">{MARKER}</p>
+<img id="remote" src="{beacon.url}/image.png">
+<video poster="{beacon.url}/poster.png" src="{beacon.url}/video.mp4"></video>
+<audio src="{beacon.url}/audio.mp3" autoplay></audio>
+<object data="{beacon.url}/object"></object>
+<embed src="{beacon.url}/embed">
+<iframe src="{beacon.url}/iframe"></iframe>
+"""
+    message = EmailMultiAlternatives("Remote", "Plain", to=["ann@example.com"])
+    message.attach_alternative(html, "text/html")
+    message.send()
+    record = OutboxMessage.objects.get(subject="Remote")
+
+    page.goto(admin_url("change", record.pk))
+    page.frame_locator("iframe.mailkit-preview").locator("#marker").wait_for()
+    page.wait_for_timeout(1500)
+    assert beacon.hits == []  # blocked: nothing at all
+
+    page.get_by_role("link", name="Load remote images").click()
+    page.frame_locator("iframe.mailkit-preview").locator("#marker").wait_for()
+    for _ in range(30):
+        if "/image.png" in beacon.hits:
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(1500)  # past the refresh's second
+    images = {"/image.png", "/poster.png"}
+    assert "/image.png" in beacon.hits
+    assert set(beacon.hits) <= images, beacon.hits

@@ -70,6 +70,7 @@ DOWNLOAD_CSP = "default-src 'none'; sandbox"
 
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _IMAGE_TYPE = re.compile(r"image/[a-z0-9][a-z0-9.+-]*")
+_FETCHING_TAGS = re.compile(r"<(/?)(link|meta)(?=[\s/>])", re.IGNORECASE)
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
 
 
@@ -460,6 +461,11 @@ def preview_response(
     html = message.preview_html()
     if html is None:
         return None
+    # <link> (prefetch, prerender...) and <meta> (refresh) fetch or navigate
+    # whatever img-src allows, or past the CSP altogether: make them unknown
+    # elements, which browsers ignore. Tag names are literal ASCII in HTML,
+    # so this finds every one.
+    html = _FETCHING_TAGS.sub(r"<\1x-mailkit-\2", html)
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = (
         PREVIEW_CSP_REMOTE_IMAGES if remote_images else PREVIEW_CSP
