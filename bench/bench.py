@@ -4,7 +4,7 @@ django_mailkit against django.core.mail, side by side in one process.
 Run through ``bash bench/run`` (see bench/README.rst), or directly with an
 interpreter that has Django and django_mailkit installed:
 
-    python bench/bench.py [--quick] [--only build,message,loopback,latency,outbox]
+    python bench/bench.py [--quick] [--only build,message,loopback,...]
 
 Every figure is a rate measured in this run, for both libraries on the same
 machine at the same time; the ratios are what to read. Absolute numbers on
