@@ -337,7 +337,29 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def bench_outbox(quick: bool, drain: int | None) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_backends() -> list[int]:
+    """Server processes of the other connections to this database."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+def bench_outbox(quick: bool, drain: int | None, batch: int = 200) -> None:
     from datetime import timedelta
 
     from django.core.management import call_command
@@ -388,7 +410,7 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
                     "django",
                     "mailkit_worker",
                     "--batch-size",
-                    "200",
+                    str(batch),
                     "--interval",
                     "0.05",
                 ],
@@ -410,15 +432,24 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        time.sleep(5)
+        # Warmed up: every worker connected and polling (slow on a busy box).
+        deadline = time.monotonic() + 60
+        while len(postgres_backends()) < len(workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
         baseline = {w.pid: rss_kb(w.pid) for w in workers}  # warmed up, idle
+        backends = postgres_backends()
+        cpu_before = sum(cpu_seconds(w.pid) for w in workers)
+        pg_before = sum(cpu_seconds(pid) for pid in backends)
         started = time.perf_counter()
         OutboxMessage.objects.update(next_attempt_at=timezone.now())
         while OutboxMessage.objects.exclude(status="sent").exists():
             if any(w.poll() is not None for w in workers):
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        client_cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
+        server_cpu = sum(cpu_seconds(pid) for pid in backends) - pg_before
         done.set()
         sampler.join()
         for w in workers:
@@ -434,11 +465,19 @@ def bench_outbox(quick: bool, drain: int | None) -> None:
         "messages": count,
         "msg_per_s": round(rate, 1),
         "queue_msg_per_s": round(queue_rate, 1),
+        "batch_size": batch,
+        "cpu_ms_per_msg_workers": round(client_cpu * 1000 / count, 2),
+        "cpu_ms_per_msg_postgresql": round(server_cpu * 1000 / count, 2),
         "rss_kb_idle_peak_last": [
             [baseline[pid], max(s), s[-1]] if s else [] for pid, s in samples.items()
         ],
     }
-    say(f"  queued {count} at {queue_rate:.0f} msg/s; drained at {rate:.0f} msg/s")
+    say(
+        f"  queued {count} at {queue_rate:.0f} msg/s; drained at {rate:.0f} msg/s "
+        f"(batch {batch}); CPU per message: workers "
+        f"{client_cpu * 1000 / count:.2f} ms + PostgreSQL "
+        f"{server_cpu * 1000 / count:.2f} ms"
+    )
     for pid, series in samples.items():
         if series:
             say(
@@ -542,6 +581,9 @@ def main() -> None:
         "--only", default="build,message,loopback,latency,outbox,memory"
     )
     parser.add_argument("--drain", type=int, help="messages for the outbox drain")
+    parser.add_argument(
+        "--drain-batch", type=int, default=200, help="--batch-size of the workers"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     say(
@@ -558,7 +600,7 @@ def main() -> None:
     if "latency" in sections:
         bench_latency(args.quick)
     if "outbox" in sections:
-        bench_outbox(args.quick, args.drain)
+        bench_outbox(args.quick, args.drain, args.drain_batch)
     if "memory" in sections:
         bench_memory(args.quick)
     if args.json:

@@ -11,7 +11,8 @@ statement (data-modifying CTEs), one round trip, through Django's cursor
 (query logging and ``connection.execute_wrapper()`` see it). The message
 UPDATE is the fence: the recipients' UPDATE and the Attempt INSERT read its
 RETURNING rows, so if the claim token no longer matches, nothing at all is
-written.
+written. It can also begin the next message's attempt: one round trip per
+message in all.
 """
 
 from __future__ import annotations
@@ -117,14 +118,25 @@ def _read_in_pieces(cursor: Any, record: OutboxMessage, size: int) -> bytes:
 
 
 def record_attempt_postgresql(
-    record: OutboxMessage, attempt: AttemptRecord, fields: dict[str, Any], db: str
-) -> bool:
-    """Write the attempt in one statement; False (nothing written) if fenced out."""
+    record: OutboxMessage,
+    attempt: AttemptRecord,
+    fields: dict[str, Any],
+    db: str,
+    *,
+    then_begin: tuple[OutboxMessage, datetime, datetime] | None = None,
+) -> tuple[bool, tuple[int, bytes] | None]:
+    """
+    Write the attempt in one statement; False (nothing written) if fenced out.
+
+    With ``then_begin`` (a message, now, its lease's end), the same statement
+    also does that message's ``begin_attempt()`` UPDATE, and its result (or
+    None if fenced out) comes second.
+    """
     rows = attempt.recipients
     states = set(rows.values())
     # Usually every recipient has the same result: a plain UPDATE does.
     shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
-    sql = _statement(db, shape, tuple(fields))
+    sql = _statement(db, shape, tuple(fields), then_begin is not None)
     params: list[Any] = list(fields.values())
     params += [record.pk, record.claim_token]
     if shape == "uniform":
@@ -142,14 +154,25 @@ def record_attempt_postgresql(
     values = attempt.attempt_fields(record.attempts)
     params += [values[name] for name in _ATTEMPT_FIELDS[1:-1]]
     params.append(json.dumps(values["recipients"]))
+    if then_begin is not None:
+        following, now, expires = then_begin
+        params += [expires, now, following.pk, following.claim_token, INLINE_BYTES]
     with connections[db].cursor() as cursor:
         cursor.execute(sql, params)
-        (written,) = cursor.fetchone()
-    return bool(written)
+        row = cursor.fetchone()
+        begun: tuple[int, bytes] | None = None
+        if then_begin is not None and row[1] is not None:
+            _written, attempts, size, mime = row
+            if mime is None:
+                mime = _read_in_pieces(cursor, then_begin[0], size or 0)
+            begun = (attempts, bytes(mime))
+    return bool(row[0]), begun
 
 
 @functools.cache
-def _statement(db: str, shape: str, field_names: tuple[str, ...]) -> str:
+def _statement(
+    db: str, shape: str, field_names: tuple[str, ...], then_begin: bool
+) -> str:
     from .models import Attempt, OutboxMessage, Recipient, RecipientStatus
 
     quote = connections[db].ops.quote_name
@@ -195,4 +218,21 @@ def _statement(db: str, shape: str, field_names: tuple[str, ...]) -> str:
         "SELECT msg.id, %s::integer, %s::timestamptz, %s::timestamptz, %s::text, "
         "%s::text, %s::integer, %s::text, %s::text, %s::jsonb FROM msg)"
     )
-    return f"WITH {', '.join(ctes)} SELECT count(*) FROM msg"
+    if not then_begin:
+        return f"WITH {', '.join(ctes)} SELECT count(*) FROM msg"
+    # The next message's begin_attempt(), fenced on its own token.
+    ctes.append(
+        f"nxt AS (UPDATE {quote(m_meta.db_table)} SET "
+        f"{col(m_meta, 'attempts')} = {col(m_meta, 'attempts')} + 1, "
+        f"{col(m_meta, 'lease_expires_at')} = %s, {col(m_meta, 'updated_at')} = %s "
+        f"WHERE {col(m_meta, 'id')} = %s AND {col(m_meta, 'claim_token')} = %s "
+        f"RETURNING {col(m_meta, 'attempts')} AS attempts, "
+        f"octet_length({col(m_meta, 'mime')}) AS size, "
+        f"CASE WHEN octet_length({col(m_meta, 'mime')}) <= %s "
+        f"THEN {col(m_meta, 'mime')} END AS mime)"
+    )
+    return (
+        f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM msg), "
+        "nxt.attempts, nxt.size, nxt.mime FROM (SELECT 1) AS one "
+        "LEFT JOIN nxt ON true"
+    )

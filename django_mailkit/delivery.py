@@ -207,10 +207,15 @@ def deliver_batch(
             delivered_before.add(message_id)
         elif status == RecipientStatus.FAILED:
             failed_before.add(message_id)
+    stopping = should_stop or (lambda: False)
+    # Whether the previous message's record also began this one's attempt
+    # (None: it didn't try).
+    begun: bool | None = None
     try:
-        for record in messages:
-            if should_stop is not None and should_stop():
-                if record.release():
+        for index, record in enumerate(messages):
+            begun_before, begun = begun, None
+            if stopping():
+                if record.release(begun=bool(begun_before)):
                     result.add(Result.RELEASED, record.pk)
                 else:
                     result.add(Result.LEASE_LOST, record.pk)
@@ -218,7 +223,9 @@ def deliver_batch(
             started = timezone.now()
             # The fence before the send: a worker paused past its lease
             # learns here that the message is someone else's now.
-            if not record.begin_attempt(lease):
+            if begun_before is None:
+                begun_before = record.begin_attempt(lease)
+            if not begun_before:
                 _lease_lost(record, worker, "before sending")
                 result.add(Result.LEASE_LOST, record.pk)
                 continue
@@ -240,7 +247,15 @@ def deliver_batch(
                 delivered_before=record.pk in delivered_before,
                 failed_before=record.pk in failed_before,
             )
-            if not record.record_attempt(attempt):
+            following = None
+            if index + 1 < len(messages) and not stopping():
+                following = messages[index + 1]
+            written, begun_next = record.record_attempt_then_begin(
+                attempt, following, lease
+            )
+            if following is not None:
+                begun = begun_next
+            if not written:
                 # Sent, but another worker holds the message now: its record
                 # stands (see the README on the accepted-but-not-recorded
                 # window).

@@ -366,29 +366,44 @@ class OutboxMessage(models.Model):
             row = begin_attempt_returning(self, db, now=now, expires=expires)
             if row is None:
                 return False
-            attempts, self.mime = row
-        else:
-            with transaction.atomic(using=db):
-                if not self._fenced(db).update(
-                    attempts=F("attempts") + 1, lease_expires_at=expires, updated_at=now
-                ):
-                    return False
-                attempts, mime = self._fenced(db).values_list("attempts", "mime").get()
-                self.mime = bytes(mime)
+            self._begun(*row, now=now, expires=expires)
+            return True
+        with transaction.atomic(using=db):
+            if not self._fenced(db).update(
+                attempts=F("attempts") + 1, lease_expires_at=expires, updated_at=now
+            ):
+                return False
+            attempts, mime = self._fenced(db).values_list("attempts", "mime").get()
+        self._begun(attempts, bytes(mime), now=now, expires=expires)
+        return True
+
+    def _begun(
+        self, attempts: int, mime: bytes, *, now: datetime, expires: datetime
+    ) -> None:
         self.attempts = attempts
+        self.mime = mime
         self.lease_expires_at = expires
         self.updated_at = now
-        return True
 
     def forget_bytes(self) -> None:
         """Drop the loaded bytes (they are loaded again if asked for)."""
         self.__dict__.pop("mime", None)
 
-    def release(self) -> bool:
-        """Give a claimed message back to the queue, untried (worker stopping)."""
-        return self._update_claimed(
-            status=Status.QUEUED, claimed_by="", lease_expires_at=None
-        )
+    def release(self, *, begun: bool = False) -> bool:
+        """
+        Give a claimed message back to the queue, untried (worker stopping).
+
+        ``begun``: its attempt was already counted (``begin_attempt()``) but
+        it was not sent after all; the count is taken back.
+        """
+        fields: dict[str, Any] = {
+            "status": Status.QUEUED,
+            "claimed_by": "",
+            "lease_expires_at": None,
+        }
+        if begun:
+            fields["attempts"] = self.attempts - 1
+        return self._update_claimed(**fields)
 
     def renew_lease(self, lease: timedelta) -> bool:
         """Extend this worker's lease; False if it was lost meanwhile."""
@@ -411,22 +426,54 @@ class OutboxMessage(models.Model):
         else is written (False). A RETRY outcome queues the message again
         after its backoff; the others are final.
         """
+        written, _begun = self.record_attempt_then_begin(attempt)
+        return written
+
+    def record_attempt_then_begin(
+        self,
+        attempt: AttemptRecord,
+        following: OutboxMessage | None = None,
+        lease: timedelta | None = None,
+    ) -> tuple[bool, bool]:
+        """
+        ``record_attempt()``, then ``following.begin_attempt(lease)``.
+
+        Returns both results. On PostgreSQL the two go in one statement: a
+        worker makes one round trip per message. ``following`` is charged
+        its attempt as this one's outcome is recorded, right before it is
+        sent.
+        """
         if attempt.outcome == Attempt.Outcome.RETRY:
             fields = self.retry_fields(error=attempt.error)
         else:
             fields = self.finish_fields(Status(attempt.outcome), error=attempt.error)
         fields["updated_at"] = attempt.finished_at
         db = router.db_for_write(type(self))
+        begun = False
         if connections[db].vendor == "postgresql":
             from ._sql import record_attempt_postgresql
 
-            written = record_attempt_postgresql(self, attempt, fields, db)
+            then_begin = None
+            if following is not None:
+                assert lease is not None
+                now = timezone.now()
+                then_begin = (following, now, now + lease)
+            written, row = record_attempt_postgresql(
+                self, attempt, fields, db, then_begin=then_begin
+            )
+            if then_begin is not None and row is not None:
+                assert following is not None
+                following._begun(*row, now=then_begin[1], expires=then_begin[2])
+                begun = True
         else:
             written = self._record_attempt_orm(attempt, fields, db)
+            if following is not None:
+                assert lease is not None
+                begun = following.begin_attempt(lease)
         if written:
             for name, value in fields.items():
                 setattr(self, name, value)
-        return written
+        return written, begun
 
     def _record_attempt_orm(
         self, attempt: AttemptRecord, fields: dict[str, Any], db: str

@@ -119,6 +119,25 @@ class TestFencing:
         assert message["status"] == Status.SENT
         assert message["claimed_by"] == "other"
 
+    def test_the_next_message_taken_over_meanwhile_is_not_sent(self, outbox):
+        """The record of one message also begins the next: fenced too."""
+        first, second = queue(2)
+        claimed = OutboxMessage.objects.claim("slow", limit=2, lease=LEASE)
+
+        taken = {}
+
+        def second_taken_over(message):
+            HookBackend.hook = None
+            take_over(second.pk)
+            taken["state"] = snapshot(second.pk)
+
+        HookBackend.hook = second_taken_over
+        result = deliver_batch(claimed, worker="slow", lease=LEASE)
+        assert result.of(first.pk) is Result.SENT
+        assert result.of(second.pk) is Result.LEASE_LOST
+        assert [m.subject for m in HookBackend.delivered] == ["m0"]
+        assert snapshot(second.pk) == taken["state"]
+
     def test_every_worker_write_is_fenced(self, outbox):
         (record,) = queue(1)
         (mine,) = OutboxMessage.objects.claim("slow", limit=1, lease=LEASE)
@@ -196,6 +215,22 @@ class TestCrashAccounting:
         assert Worker(once=True, interval=0).run().sent == 5
         attempts = dict(OutboxMessage.objects.values_list("pk", "attempts"))
         assert attempts == {m.pk: (2 if m is claimed[0] else 1) for m in claimed}
+
+
+class TestStopping:
+    def test_a_message_begun_but_not_sent_is_released_uncharged(self, outbox):
+        queue(3)
+        claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+        answers = iter([False, False])  # message 1, and whether to go on
+
+        result = deliver_batch(
+            claimed, worker="w", lease=LEASE, should_stop=lambda: next(answers, True)
+        )
+        assert len(result.sent) == 1 and len(result.skipped) == 2
+        rows = list(
+            OutboxMessage.objects.order_by("pk").values_list("status", "attempts")
+        )
+        assert rows == [(Status.SENT, 1), (Status.QUEUED, 0), (Status.QUEUED, 0)]
 
 
 class TestMemory:
