@@ -1398,7 +1398,7 @@ class TestChangelist:
                 "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%%_trgm'"
             )
             names = sorted(row[0] for row in cursor.fetchall())
-        assert names == ["mailkit_rcpt_addr_trgm"]
+        assert names == ["mailkit_rcpt_addr_trgm", "mailkit_subject_trgm"]
         model_admin = admin.site._registry[OutboxMessage]
         queryset, _duplicates = model_admin.get_search_results(
             None, OutboxMessage.objects.all(), "frank"
@@ -1408,6 +1408,7 @@ class TestChangelist:
             cursor.execute("SET LOCAL enable_seqscan = off")
             plan = queryset.explain()
         assert "mailkit_rcpt_addr_trgm" in plan
+        assert "mailkit_subject_trgm" in plan
 
     def test_filters(self, superuser_client):
         make_rows(2, status=Status.SENT)

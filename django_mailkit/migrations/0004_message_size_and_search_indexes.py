@@ -5,9 +5,7 @@ search by part of an address, on PostgreSQL.
 The admin's search matches part of a recipient's address with
 ``icontains``, which PostgreSQL runs as ``UPPER(address) LIKE
 UPPER('%word%')``. A GIN trigram index on ``UPPER(address)`` answers that
-without scanning the table. (The subject gets none: the search's plan walks
-the newest messages and filters them, and a second GIN index would slow
-every queued message's INSERT for nothing.) It needs
+without scanning the table (0005 adds the subject's). It needs
 the ``pg_trgm`` extension: created here when the server has it and the
 database user may create it (it is a trusted extension since PostgreSQL 13);
 otherwise the migration goes on without the index, and search scans. Other
