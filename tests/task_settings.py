@@ -41,7 +41,7 @@ else:
             # reads, then writes, fails at once with "database is locked"
             # when another process writes in between (the busy timeout does
             # not apply to that upgrade): take the write lock at BEGIN.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            "OPTIONS": {"timeout": 60, "transaction_mode": "IMMEDIATE"},
         }
     }
 

@@ -129,7 +129,7 @@ class Project:
         ) as conn:
             conn.execute(sql.SQL(statement).format(sql.Identifier(self.db_name)))
 
-    def run(self, *args, timeout=60):
+    def run(self, *args, timeout=180):
         done = subprocess.run(
             [sys.executable, *args],
             cwd=ROOT,
@@ -235,7 +235,7 @@ def drain_then_lose_tasks(project, worker, *, workers, committed, rolled_back):
     for _ in range(workers):
         project.start(*worker)
     sent = project.producer("send", str(committed), str(rolled_back))
-    project.wait_for_deliveries(committed, timeout=60)
+    project.wait_for_deliveries(committed, timeout=180)
     time.sleep(0.5)  # anything sent twice would arrive about now
     project.stop()
     project.assert_exactly_once(sent)
@@ -282,8 +282,8 @@ class TestOnPostgreSQL:
             project_factory("db", postgres=True),
             DB_WORKER,
             workers=4,
-            committed=300,
-            rolled_back=100,
+            committed=200,
+            rolled_back=50,
         )
 
     @needs_tasks_rq
