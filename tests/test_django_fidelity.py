@@ -581,6 +581,26 @@ class TestDeprecationWarnings:
         ):
             smtp.EmailBackend(host="h")
 
+    def test_direct_smtp_backend_takes_djangos_positional_arguments(self):
+        with django_warning(
+            "Directly creating EmailBackend instances is deprecated. "
+            "Use mail.mailers instead."
+        ):
+            backend = smtp.EmailBackend(
+                "h.example.com", 2525, "u", "p", True, True, False, 9, None, None
+            )
+        assert (backend.host, backend.port, backend.username, backend.password) == (
+            "h.example.com",
+            2525,
+            "u",
+            "p",
+        )
+        assert (backend.use_tls, backend.fail_silently, backend.timeout) == (
+            True,
+            True,
+            9,
+        )
+
     def test_unknown_backend_arguments_without_mailers(self):
         with django_warning(
             "django_mailkit.backends.console.EmailBackend.__init__() does not "

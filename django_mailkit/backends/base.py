@@ -42,9 +42,9 @@ class BaseEmailBackend:
 
     def __init__(
         self,
+        fail_silently: Any = _NOT_PROVIDED,
         *,
         alias: str | None = None,
-        fail_silently: Any = _NOT_PROVIDED,
         _ignore_unknown_kwargs: set[str] | None = None,
         **kwargs: Any,
     ) -> None:

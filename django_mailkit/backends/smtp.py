@@ -31,7 +31,7 @@ from ..smtp_session import (
     quit_connection,
     run_jobs,
 )
-from .base import BaseEmailBackend
+from .base import _NOT_PROVIDED, BaseEmailBackend
 
 __all__ = ["EmailBackend"]
 
@@ -58,18 +58,21 @@ class EmailBackend(BaseEmailBackend):
     delivers_mail = True
     legacy_settings = conf.LEGACY_SMTP_SETTINGS
 
+    # Django's parameters, in Django's order (code that builds the backend
+    # directly may pass them positionally); ours are keyword-only.
     def __init__(
         self,
-        *,
         host: str | None = None,
         port: int | None = None,
         username: str | None = None,
         password: str | None = None,
         use_tls: bool | None = None,
+        fail_silently: Any = _NOT_PROVIDED,
         use_ssl: bool | None = None,
         timeout: float | None = None,
-        ssl_certfile: str | os.PathLike[str] | None = None,
         ssl_keyfile: str | os.PathLike[str] | None = None,
+        ssl_certfile: str | os.PathLike[str] | None = None,
+        *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_recipients_per_transaction: int = DEFAULT_MAX_RECIPIENTS,
         **kwargs: Any,
@@ -78,7 +81,7 @@ class EmailBackend(BaseEmailBackend):
             # RemovedInDjango2028Warning: direct construction. (The mailers
             # registry, and Django's get_connection(), are not warned about.)
             deprecation.warn(deprecation.DIRECT_SMTP_BACKEND)
-        super().__init__(**kwargs)
+        super().__init__(fail_silently, **kwargs)
         options = self.with_legacy_defaults(
             {
                 "host": host,
