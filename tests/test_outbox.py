@@ -523,3 +523,28 @@ class TestTasksFramework:
                     send_mail("a", "b", None, ["a@example.com"])
                     raise RuntimeError
         assert dummy_tasks.results == []
+
+
+def test_requeue_all_failed_says_it_includes_partially_sent(queue_only):
+    send_mail("a", "b", None, ["a@example.com"])
+    send_mail("b", "b", None, ["ok@example.com", "no@example.com"])
+    failed, partial = OutboxMessage.objects.order_by("pk")
+    failed_at = {"status": RecipientStatus.FAILED, "smtp_code": 550}
+    OutboxMessage.objects.filter(pk=failed.pk).update(status=Status.FAILED)
+    failed.recipient_set.update(**failed_at)
+    OutboxMessage.objects.filter(pk=partial.pk).update(status=Status.PARTIAL)
+    partial.recipient_set.filter(address="ok@example.com").update(
+        status=RecipientStatus.SENT, smtp_code=250
+    )
+    partial.recipient_set.filter(address="no@example.com").update(**failed_at)
+    out = io.StringIO()
+    call_command("mailkit_outbox", "requeue", "--all-failed", stdout=out)
+    assert out.getvalue() == (
+        "Requeued 2 message(s): 1 failed, 1 partially sent (only the "
+        "recipients that did not accept it are retried).\n"
+    )
+    statuses = dict(partial.recipient_set.values_list("address", "status"))
+    assert statuses == {
+        "ok@example.com": RecipientStatus.SENT,
+        "no@example.com": RecipientStatus.PENDING,
+    }

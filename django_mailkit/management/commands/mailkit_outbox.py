@@ -34,10 +34,17 @@ class Command(BaseCommand):
         show = sub.add_parser("show", help="Show one message and its attempts.")
         show.add_argument("id")
 
-        requeue = sub.add_parser("requeue", help="Queue failed messages again.")
+        requeue = sub.add_parser(
+            "requeue",
+            help="Queue failed and partially sent messages again (partially "
+            "sent ones for their refused recipients only).",
+        )
         requeue.add_argument("ids", nargs="*")
         requeue.add_argument(
-            "--all-failed", action="store_true", help="Every failed message."
+            "--all-failed",
+            action="store_true",
+            help="Every failed message, and every partially sent one for the "
+            "recipients that did not accept it.",
         )
         requeue.add_argument("--using", metavar="ALIAS", help="Only this mailer.")
 
@@ -122,10 +129,10 @@ class Command(BaseCommand):
             ids = [self._get(pk).pk for pk in options["ids"]]
         else:
             raise CommandError("Give message ids, or --all-failed.")
-        requeueable = set(
+        requeueable = dict(
             OutboxMessage.objects.filter(
                 pk__in=ids, status__in=[Status.FAILED, Status.PARTIAL]
-            ).values_list("pk", flat=True)
+            ).values_list("pk", "status")
         )
         # Failed and partially sent (for their failed recipients); delivery
         # is enqueued when the requeue commits.
@@ -133,7 +140,12 @@ class Command(BaseCommand):
             include_partial=True
         )
         skipped = [pk for pk in ids if pk not in requeueable]
-        self.stdout.write(f"Requeued {count} message(s).")
+        partial = sum(1 for status in requeueable.values() if status == Status.PARTIAL)
+        self.stdout.write(
+            f"Requeued {count} message(s): {len(requeueable) - partial} failed, "
+            f"{partial} partially sent (only the recipients that did not "
+            "accept it are retried)."
+        )
         if skipped:
             self.stderr.write(
                 f"Not failed, so not requeued: {', '.join(map(str, skipped))}."
