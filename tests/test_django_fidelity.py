@@ -1060,3 +1060,15 @@ def test_marker_comments_name_djangos_warning():
     package = Path(django_mailkit.__file__).parent
     for path in package.rglob("*.py"):
         assert "RemovedWithDjango2028" not in path.read_text(), path
+
+
+def test_console_and_file_backends_take_djangos_positional_arguments(tmp_path):
+    # Django's signatures: console (fail_silently, ...), file (fail_silently,
+    # file_path, ...). Code written against them must build ours the same way.
+    from django_mailkit.backends import console, filebased
+
+    assert console.EmailBackend(True).fail_silently is True
+    backend = filebased.EmailBackend(False, str(tmp_path / "mail"))
+    assert backend.fail_silently is False
+    assert backend.send_messages([EmailMessage("s", "b", to=["a@example.com"])]) == 1
+    assert len(list((tmp_path / "mail").iterdir())) == 1

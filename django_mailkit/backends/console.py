@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from ..rendering import render
-from .base import BaseEmailBackend
+from .base import _NOT_PROVIDED, BaseEmailBackend
 
 __all__ = ["EmailBackend"]
 
@@ -20,8 +20,15 @@ class EmailBackend(BaseEmailBackend):
     # Documented: fail_silently ignores every error while writing.
     silenced_errors = (Exception,)
 
-    def __init__(self, *, stream: TextIO | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        fail_silently: Any = _NOT_PROVIDED,
+        *,
+        stream: TextIO | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Positional fail_silently, as Django's console backend takes it.
+        super().__init__(fail_silently, **kwargs)
         self.stream = stream
 
     def deliver(self, message: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from .. import conf
 from ..rendering import render
-from .base import BaseEmailBackend
+from .base import _NOT_PROVIDED, BaseEmailBackend
 
 __all__ = ["EmailBackend"]
 
@@ -31,9 +31,13 @@ class EmailBackend(BaseEmailBackend):
     legacy_settings = conf.LEGACY_FILE_SETTINGS
 
     def __init__(
-        self, *, file_path: str | os.PathLike[str] | None = None, **kwargs: Any
+        self,
+        fail_silently: Any = _NOT_PROVIDED,
+        file_path: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        # fail_silently and file_path may come positionally, as in Django.
+        super().__init__(fail_silently, **kwargs)
         file_path = self.with_legacy_defaults({"file_path": file_path})["file_path"]
         if file_path is None or file_path == "":
             raise self.django_error(
