@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import django
 import pytest
 from django.db import connection, transaction
 from django.test import override_settings
@@ -295,7 +296,13 @@ def test_sigstopped_worker_past_its_lease_changes_nothing(outbox_to):
     """
     A worker paused past its lease (GC pause, VM freeze, SIGSTOP) comes back
     after another worker delivered its batch: its late writes are fenced off.
+
+    Run once, against the pipelining server (a message's content still
+    unanswered while the next transaction starts), on the newest Django:
+    the workers' fencing doesn't depend on either.
     """
+    if not outbox_to.pipelining or django.VERSION[:2] != (6, 1):
+        pytest.skip("runs once: pipelining server, newest Django")
     expected = queue(60)
     outbox_to.stall("DATA", 0.03)
     # --once: after its batch it finds nothing due and exits by itself.
