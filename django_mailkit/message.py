@@ -34,6 +34,8 @@ from django.utils.functional import Promise
 from django.utils.timezone import get_current_timezone
 
 from . import deprecation, rendering
+from .envelope import envelope_address
+from .exceptions import InvalidAddress
 
 # Django 6.1 made BadHeaderError plain ValueError (5.2 and 6.0 subclass it).
 _DjangoBadHeaderError: type[ValueError] = getattr(
@@ -204,20 +206,37 @@ def to_address(value: Any, *, field: str) -> Address:
         for part in (value.display_name, value.username, value.domain):
             check_header(field, part)
             _check_nul(value, part, field)
-        return value
+        return _checked_spec(value, value, field)
     text = str(value)  # may be a lazy translation string
     check_header(field, text)
     _check_nul(text, text, field)
     try:
-        return _parse_mailbox(text)
+        address = _parse_mailbox(text)
     except _AddressError as exc:
         raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
+    return _checked_spec(address, text, field)
 
 
 def _check_nul(value: Any, part: str, field: str) -> None:
     # Python writes a NUL as it is; no mail system accepts it.
     if "\x00" in part:
-        raise ValueError(f"Invalid address {value!r} in {field}: it contains NUL.")
+        raise InvalidAddress(value, field=field, reason="it contains NUL")
+
+
+def _checked_spec(address: Address, value: Any, field: str) -> Address:
+    """
+    Return ``address`` if its addr-spec is one the SMTP envelope accepts.
+
+    A header gets the same addresses as the envelope: a domain such as
+    ``"example.com, victim@example.net"`` would add a recipient to the header.
+    """
+    try:
+        envelope_address(
+            Address(username=address.username, domain=address.domain), field=field
+        )
+    except InvalidAddress as exc:
+        raise InvalidAddress(value, field=field, reason=exc.reason) from None
+    return address
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -264,7 +283,13 @@ def _header_groups(text: str, *, field: str) -> list[Group]:
     except _AddressError as exc:
         raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
     return [
-        Group(item.display_name, [_mailbox_address(mb) for mb in item.all_mailboxes])
+        Group(
+            item.display_name,
+            [
+                _checked_spec(_mailbox_address(mb), text, field)
+                for mb in item.all_mailboxes
+            ],
+        )
         for item in parsed.addresses
     ]
 

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_mailkit import EmailMessage, EmailMultiAlternatives, rendering
+from django_mailkit.exceptions import InvalidAddress
 from django_mailkit.rendering import render_bytes
 
 POLICIES = {
@@ -501,6 +502,30 @@ class TestAddressSafety:
             message.message(policy=policy)
         with pytest.raises(ValueError, match="NUL"):
             render_bytes(message, policy)
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            Address("", "bounce", "example.com> BODY=8BITMIME"),
+            Address("Ann", "ann", "example.com, victim@evil.example"),
+            Address("", "a>b", "example.com"),
+            Address("", "a b", "exa mple.com"),
+        ],
+    )
+    @pytest.mark.parametrize("field", ["to", "reply_to", "Sender"])
+    def test_header_addresses_pass_the_envelope_check(self, address, field, policy):
+        """Even a header-only address can't add an address to its header."""
+        message = plain()
+        if field == "Sender":
+            message.extra_headers["Sender"] = address
+        else:
+            setattr(message, field, [address])
+        header = {"to": "To", "reply_to": "Reply-To"}.get(field, field)
+        with pytest.raises(InvalidAddress, match=rf"\({header}\)\.$") as excinfo:
+            render_bytes(message, policy)
+        assert excinfo.value.address is address
+        with pytest.raises(InvalidAddress):
+            message.message(policy=policy)
 
     def test_nul_in_a_header_value_address_is_rejected(self):
         message = plain(headers={"Reply-To": '"a\x00b" <r@example.com>, x@example.com'})
