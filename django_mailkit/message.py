@@ -230,13 +230,19 @@ def _checked_spec(address: Address, value: Any, field: str) -> Address:
     A header gets the same addresses as the envelope: a domain such as
     ``"example.com, victim@example.net"`` would add a recipient to the header.
     """
-    try:
-        envelope_address(
-            Address(username=address.username, domain=address.domain), field=field
-        )
-    except InvalidAddress as exc:
-        raise InvalidAddress(value, field=field, reason=exc.reason) from None
+    reason = _spec_problem(address.username, address.domain)
+    if reason:
+        raise InvalidAddress(value, field=field, reason=reason)
     return address
+
+
+@functools.lru_cache(maxsize=4096)
+def _spec_problem(username: str, domain: str) -> str:
+    try:
+        envelope_address(Address(username=username, domain=domain))
+    except InvalidAddress as exc:
+        return exc.reason
+    return ""
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"

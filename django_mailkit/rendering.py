@@ -209,15 +209,15 @@ def _display_name(name: str, utf8: bool) -> str:
 
 def _mailbox(address: Address, utf8: bool) -> str:
     username, domain = address.username, address.domain
-    if not utf8 and domain and not domain.isascii():
-        domain = punycode(domain)
-    if utf8 or username.isascii():
-        spec = Address(username=username, domain=domain).addr_spec
+    if utf8 or (username.isascii() and domain.isascii()):
+        spec = address.addr_spec
+    elif username.isascii():
+        spec = Address(username=username, domain=punycode(domain)).addr_spec
     else:
         # Only SMTPUTF8 can carry this local part; written the way the
         # email package writes it, so the header reads back the same.
         spec = _word(username.encode("utf-8", "surrogatepass"))
-        spec += f"@{domain}" if domain else ""
+        spec += f"@{punycode(domain)}" if domain else ""
     if not address.display_name:
         return spec
     return f"{_display_name(address.display_name, utf8)} <{spec}>"
@@ -264,12 +264,23 @@ def _header_line(name: str, value: Any, *, utf8: bool, linesep: str, limit: int)
 
 
 class _Formatted:
-    """Make an ``email`` header object fold with this module's writers."""
+    """
+    Make an ``email`` header object fold with this module's writers.
 
+    Its parse tree, which only the email package's own folding uses, is
+    built only if that folding is ever needed (a policy that is not an
+    EmailPolicy): parsing the text again is most of the cost of a header.
+    """
+
+    # Provided by the email package's header classes.
     name: str
+    _parse_tree: Any
+    value_parser: Any
 
     def fold(self, *, policy: email.policy.Policy) -> str:
         if not isinstance(policy, email.policy.EmailPolicy):
+            if self._parse_tree is None:
+                self._parse_tree = self.value_parser(str(self))
             return super().fold(policy=policy)  # type: ignore[misc, no-any-return]
         return self._write(
             utf8=policy.utf8, linesep=policy.linesep, limit=_line_limit(policy)
@@ -282,6 +293,14 @@ class _Formatted:
 class _FormattedAddresses(_Formatted):
     groups: tuple[Group, ...]
 
+    @classmethod
+    def parse(cls, value: list[Group], kwds: dict[str, Any]) -> None:
+        # As AddressHeader.parse() does for a list of Groups, less the parse.
+        kwds["groups"] = value
+        kwds["defects"] = []
+        kwds["decoded"] = ", ".join(str(group) for group in value)
+        kwds["parse_tree"] = None
+
     def _write(self, *, utf8: bool, linesep: str, limit: int) -> str:
         groups = list(self.groups)
         return format_addresses(
@@ -290,13 +309,22 @@ class _FormattedAddresses(_Formatted):
 
 
 class _FormattedText(_Formatted):
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        if "=?" in value:
+            # The email package decodes encoded-word look-alikes: so do we.
+            super().parse(value, kwds)  # type: ignore[misc]
+        else:
+            kwds["decoded"] = value
+            kwds["parse_tree"] = None
+
     def _write(self, *, utf8: bool, linesep: str, limit: int) -> str:
         # str(self) is the text as the email package decoded it when set.
         text = str(self)
         return _unstructured(self.name, text, utf8=utf8, linesep=linesep, limit=limit)
 
 
-_FORMATTED_CLASSES: dict[type, type] = {}
+_FORMATTED_CLASSES: dict[tuple[type, type], type] = {}
 
 
 def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
@@ -308,10 +336,12 @@ def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
     they fold with this module's writers: the same text the fast route
     writes. Any other header, or another registry, gets the value as it is.
     """
-    factory = getattr(policy, "header_factory", None)
+    factory: Any = getattr(policy, "header_factory", None)
     if not _standard_registry(factory) or isinstance(value, datetime):
         return value
-    cls = factory[name]  # type: ignore[index]
+    # The registry's class for the name, without its __getitem__, which
+    # makes a new class at every call.
+    cls = factory.registry.get(name.lower(), factory.default_class)
     if isinstance(value, list):
         if not issubclass(cls, AddressHeader):
             return value
@@ -320,12 +350,12 @@ def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
         mixin = _FormattedText
     else:
         return value
-    formatted = _FORMATTED_CLASSES.get(cls)
+    formatted = _FORMATTED_CLASSES.get((cls, factory.base_class))
     if formatted is None:
-        # Built from the registry class's own (module-level) bases, so the
+        # Module-level bases, as the registry's own classes have, so the
         # header still pickles, and unpickles folding the same way.
-        formatted = type(cls.__name__, (mixin, *cls.__bases__), {})
-        _FORMATTED_CLASSES[cls] = formatted
+        formatted = type("_" + cls.__name__, (mixin, cls, factory.base_class), {})
+        _FORMATTED_CLASSES[cls, factory.base_class] = formatted
     return formatted(name, value)
 
 

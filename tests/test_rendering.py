@@ -241,6 +241,11 @@ def assert_routes_agree(message, policy):
     return data
 
 
+# Every character but line breaks (rejected up front).
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+any_char = st.characters(blacklist_categories=("Cs",), blacklist_characters=LINE_BREAKS)
+
+
 class PassThrough(EmailMessage):
     """Overrides nothing that builds the message: keeps the fast route."""
 
@@ -533,6 +538,39 @@ class TestAddressSafety:
             render_bytes(message, email.policy.SMTP)
 
 
+class TestHeaderObjects:
+    """message() returns the email package's header objects, as before."""
+
+    def test_object_api(self):
+        message = spoof_target(SPOOFING_NAMES[0])
+        mime = message.message()
+        assert [a.addr_spec for a in mime["To"].addresses] == [
+            "to@example.com",
+            "other@example.com",
+        ]
+        assert mime["Sender"].address.display_name == SPOOFING_NAMES[0]
+        assert mime["Subject"] == "Hello"
+        assert not mime["To"].defects
+        assert isinstance(mime["To"], AddressHeader)
+
+    def test_classes_are_made_once(self):
+        for _ in range(3):
+            spoof_target("x").message().as_bytes()
+        assert len(rendering._FORMATTED_CLASSES) <= 8
+
+    @settings(max_examples=200, deadline=None)
+    @given(value=st.text(alphabet=any_char).filter(lambda v: "=?" not in v))
+    def test_text_headers_keep_the_email_package_value(self, value):
+        factory = email.policy.default.header_factory
+        ours = rendering.header(email.policy.default, "Subject", value)
+        assert str(ours) == str(factory("Subject", value))
+
+    def test_encoded_word_look_alikes_are_decoded_as_the_email_package_does(self):
+        value = "=?utf-8?q?hi?= there"
+        ours = rendering.header(email.policy.default, "Subject", value)
+        assert str(ours) == "hi there"
+
+
 class TestWhitespace:
     """Both routes keep white space in display names and around encoded words."""
 
@@ -582,10 +620,8 @@ def addresses_read_back_to(data):
     return [(utf8(a.display_name), a.addr_spec) for a in parse(data)["To"].addresses]
 
 
-# Generated messages: every character but line breaks (rejected up front),
-# encoded-word look-alikes, long words and white space runs.
-LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-any_char = st.characters(blacklist_categories=("Cs",), blacklist_characters=LINE_BREAKS)
+# Generated text: any characters, encoded-word look-alikes, long words and
+# white space runs.
 piece = st.one_of(
     st.text(alphabet=any_char, max_size=30),
     st.sampled_from(
