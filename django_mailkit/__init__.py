@@ -5,7 +5,10 @@ Import from here what you would import from ``django.core.mail``.
 """
 
 from .exceptions import InvalidMailer, MailerDoesNotExist
-from .handler import DEFAULT_MAILER_ALIAS, mailers
+
+# DEFAULT_MAILER_ALIAS and MailersHandler: importable, as from Django, but
+# not in __all__ (neither is in Django's).
+from .handler import DEFAULT_MAILER_ALIAS, MailersHandler, mailers  # noqa: F401
 from .legacy import forbid_multi_line_headers
 from .legacy import package_getattr as __getattr__  # noqa: F401 (RemovedInDjango2028Warning)
 from .message import (
@@ -27,7 +30,6 @@ from .utils import DNS_NAME, CachedDnsName
 
 __all__ = [
     "DEFAULT_ATTACHMENT_MIME_TYPE",
-    "DEFAULT_MAILER_ALIAS",
     "DNS_NAME",
     "CachedDnsName",
     "EmailAlternative",

@@ -138,10 +138,12 @@ def warn(message: str, *, internal_ok: bool = True) -> None:
     # stacklevel=2 names warn()'s caller; each skipped frame adds one.
     level = 2
     # (Importing a name through a module __getattr__ passes through
-    # importlib's frames, which aren't the user's either.)
+    # importlib's frames, which aren't the user's either; warnings.warn()
+    # already leaves those out of its stacklevel count.)
     while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
+        if not frame.f_code.co_filename.startswith("<frozen importlib"):
+            level += 1
         frame = frame.f_back
-        level += 1
     if internal_ok and frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module == "django" or module.startswith("django."):

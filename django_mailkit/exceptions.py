@@ -95,11 +95,10 @@ class MailerDoesNotExist(InvalidMailer, _DjangoMailerDoesNotExist):
     """The alias is not defined in MAILERS. It is also a KeyError."""
 
     def __init__(
-        self, alias: str | None = None, *, configured: list[str] | None = None
+        self, *, alias: str | None = None, configured: list[str] | None = None
     ) -> None:
-        # Django's signature is MailerDoesNotExist(*, alias=...); ours also
-        # takes it positionally, and lists the configured aliases after
-        # Django's sentence.
+        # Keyword-only, as Django's, so that this error is never raised for
+        # some other problem; the configured aliases follow Django's sentence.
         msg = f"The mailer '{alias}' is not configured."
         if configured is not None:
             listed = ", ".join(repr(name) for name in configured) or "none"

@@ -95,14 +95,14 @@ class MailersHandler:
         configs = conf.mailers_setting()
         if configs is None:
             if alias != DEFAULT_MAILER_ALIAS:
-                raise MailerDoesNotExist(alias, configured=[])
+                raise MailerDoesNotExist(alias=alias, configured=[])
             # RemovedInDjango2028Warning: the default mailer from EMAIL_*.
             warn_if_no_default_mailer()
             return self.create_legacy(overrides=overrides)
         try:
             config = configs[alias]
         except KeyError:
-            raise MailerDoesNotExist(alias, configured=list(configs)) from None
+            raise MailerDoesNotExist(alias=alias, configured=list(configs)) from None
         if not isinstance(config, dict):
             raise InvalidMailer(
                 f"must be a dict with 'BACKEND' and 'OPTIONS', not "

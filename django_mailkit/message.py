@@ -431,6 +431,13 @@ class EmailMessage:
             return 0
         from .sending import backend_for
 
+        if hasattr(self, "get_connection"):
+            # As Django 6.0+: a subclass's get_connection() would be silently
+            # bypassed, changing where its mail goes.
+            raise AttributeError(
+                "EmailMessage no longer supports the undocumented "
+                "get_connection() method."
+            )
         backend = backend_for(
             using=using,
             connection=self._connection,

@@ -44,6 +44,39 @@ def backend_for(
     """
     # RemovedInDjango2028Warning: everything but `return mailers[using or
     # default]`.
+    check_send_args(
+        using=using,
+        connection=connection,
+        fail_silently=fail_silently,
+        auth_user=auth_user,
+        auth_password=auth_password,
+        warn_connection=warn_connection,
+    )
+    if using is not None:
+        return mailers[using]
+    if connection is not None:
+        return connection
+    overrides: dict[str, Any] = {}
+    if fail_silently:
+        overrides["fail_silently"] = True
+    if auth_user is not None:
+        overrides["username"] = auth_user
+    if auth_password is not None:
+        overrides["password"] = auth_password
+    return mailers.create(DEFAULT_MAILER_ALIAS, overrides=overrides or None)
+
+
+def check_send_args(
+    *,
+    using: str | None,
+    connection: BaseEmailBackend | None,
+    fail_silently: bool,
+    auth_user: str | None = None,
+    auth_password: str | None = None,
+    warn_connection: bool = True,
+) -> None:
+    """Warn about deprecated send arguments and refuse incompatible ones."""
+    # RemovedInDjango2028Warning: this whole function.
     has_auth = auth_user is not None or auth_password is not None
     if fail_silently:
         deprecation.warn(deprecation.FAIL_SILENTLY_ARG)
@@ -61,7 +94,7 @@ def backend_for(
                 "'auth_user' and 'auth_password' are not compatible with 'using'. "
                 "Set 'username' and 'password' OPTIONS in MAILERS instead."
             )
-        return mailers[using]
+        return
     if connection is not None:
         if fail_silently:
             raise TypeError(
@@ -73,15 +106,6 @@ def backend_for(
                 "auth_user and auth_password cannot be used with a connection. "
                 "Pass auth_user and auth_password to get_connection() instead."
             )
-        return connection
-    overrides: dict[str, Any] = {}
-    if fail_silently:
-        overrides["fail_silently"] = True
-    if auth_user is not None:
-        overrides["username"] = auth_user
-    if auth_password is not None:
-        overrides["password"] = auth_password
-    return mailers.create(DEFAULT_MAILER_ALIAS, overrides=overrides or None)
 
 
 def _send(messages: list[EmailMessage], **backend_args: Any) -> int:
@@ -169,6 +193,11 @@ def _mail_staff(
     using: str | None,
 ) -> int:
     recipients = conf.staff_addresses(setting)
+    if not recipients:
+        # As Django: the arguments are checked, but no mailer is built (an
+        # unset or broken one must not fail a site without ADMINS).
+        check_send_args(using=using, connection=connection, fail_silently=fail_silently)
+        return 0
     mail = EmailMultiAlternatives(
         f"{settings.EMAIL_SUBJECT_PREFIX}{subject}",
         message,

@@ -9,4 +9,7 @@ from __future__ import annotations
 
 from django.core.mail.utils import DNS_NAME, CachedDnsName
 
+# Importable from here as from django.core.mail.utils (which imports it too).
+from django.utils.encoding import punycode  # noqa: F401
+
 __all__ = ["DNS_NAME", "CachedDnsName"]

@@ -646,7 +646,9 @@ class TestDeprecationWarnings:
             ),
         ]:
             with django_warning(text):
-                exec(f"from django_mailkit import {name}", {})
+                # Compiled as this file, so "the user's line" is in it.
+                code = f"from django_mailkit import {name}"
+                exec(compile(code, __file__, "exec"), {})
             with django_warning(text):
                 getattr(django_mailkit, name)
 
@@ -1072,3 +1074,55 @@ def test_console_and_file_backends_take_djangos_positional_arguments(tmp_path):
     assert backend.fail_silently is False
     assert backend.send_messages([EmailMessage("s", "b", to=["a@example.com"])]) == 1
     assert len(list((tmp_path / "mail").iterdir())) == 1
+
+
+class TestFromReview:
+    """Divergences found by replaying Django 6.1's own mail tests."""
+
+    def test_a_get_connection_override_is_refused_not_bypassed(self):
+        class Routed(EmailMessage):
+            def get_connection(self, fail_silently=False):
+                raise AssertionError("never called")
+
+        with pytest.raises(AttributeError) as caught:
+            Routed(to=TO).send()
+        assert str(caught.value) == (
+            "EmailMessage no longer supports the undocumented get_connection() method."
+        )
+
+    @override_settings(ADMINS=[], MANAGERS=[])
+    def test_no_staff_builds_no_mailer(self):
+        assert mail_admins("s", "m", using="no-such-mailer") == 0
+        broken = {"default": {"OPTIONS": {"host": "h", "port": "smtp"}}}
+        with override_settings(MAILERS=broken):
+            assert mail_managers("s", "m") == 0
+        # The argument checks still run, as in Django.
+        with pytest.raises(TypeError, match="'connection' is not compatible"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mail_admins("s", "m", using="default", connection=object())
+
+    def test_mailer_does_not_exist_takes_the_alias_by_keyword_only(self):
+        with pytest.raises(TypeError):
+            MailerDoesNotExist("some other problem")
+        assert str(MailerDoesNotExist(alias="x")).startswith(
+            "The mailer 'x' is not configured."
+        )
+
+    def test_file_path_is_normalised_as_django_does(self, tmp_path):
+        from django_mailkit.backends import filebased
+
+        backend = filebased.EmailBackend(file_path=f"{tmp_path}/x/../y")
+        assert backend.file_path == str(tmp_path / "y")
+
+    def test_a_deprecated_import_warns_at_the_importing_line(self):
+        def user_code():
+            from django_mailkit import BadHeaderError  # noqa: F401
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            user_code()
+        assert caught
+        lines = {(w.filename, w.lineno) for w in caught}
+        line = user_code.__code__.co_firstlineno + 1
+        assert lines == {(__file__, line)}

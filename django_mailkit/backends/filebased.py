@@ -46,7 +46,8 @@ class EmailBackend(BaseEmailBackend):
                 "write messages to.",
                 "The EMAIL_FILE_PATH setting must be set to use the file EmailBackend.",
             )
-        path = Path(file_path).absolute()
+        # abspath, as Django: '..' is resolved and a non-path gets its TypeError.
+        path = Path(os.path.abspath(file_path))
         try:
             path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
