@@ -84,9 +84,19 @@ class TestEmailResult:
     outbox_error: str = ""
 
     @property
+    def retrying(self) -> bool:
+        """Queued in the outbox after a failed first attempt."""
+        return self.outbox_status == "queued" and bool(self.outbox_error)
+
+    @property
     def failed(self) -> bool:
-        """Nothing reached the server: an error, not a success."""
-        return bool(self.error) or self.outbox_status == "failed"
+        """
+        Nothing reached the server: an error, not a success.
+
+        A first attempt that failed and waits for a retry counts too: a test
+        email is there to show that the configuration works, and it doesn't.
+        """
+        return bool(self.error) or self.outbox_status == "failed" or self.retrying
 
     @property
     def partly_failed(self) -> bool:
@@ -113,8 +123,18 @@ class TestEmailResult:
                 f"Queued as message {self.outbox_id}; status: "
                 f"{self.outbox_status_label}."
             )
-            if self.outbox_error:
+            if self.retrying:
+                text += (
+                    f" The first attempt failed, and it will be retried: "
+                    f"{self.outbox_error}"
+                )
+            elif self.outbox_error:
                 text += f" {self.outbox_error}"
+            elif self.outbox_status == "queued":
+                text += (
+                    " It is delivered by the task backend or by a running "
+                    "mailkit_worker."
+                )
             return text
         if self.refused:
             count = len(self.refused)

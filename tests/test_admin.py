@@ -1237,6 +1237,29 @@ class TestSendTestEmail:
         assert "refused-ann@example.com: 550" in error
         assert '<li class="success">' not in page
 
+    @pytest.mark.django_db(transaction=True)
+    def test_a_first_attempt_that_failed_is_an_error_not_a_success(
+        self, sender, closed_port
+    ):
+        nowhere = {
+            "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 5},
+        }
+        with outbox_mailers(nowhere, USE_TASKS=True):
+            response = sender.post(
+                admin_url("send_test_email"),
+                {"to": "ann@example.com", "mailer": "default"},
+                follow=True,
+            )
+        record = OutboxMessage.objects.get()
+        assert record.status == Status.QUEUED  # waiting for its retry
+        page = response.content.decode()
+        (error,) = re.findall(r'<li class="error">(.*?)</li>', page, re.S)
+        assert f"Queued as message {record.pk}; status: Queued." in error
+        assert "The first attempt failed, and it will be retried:" in error
+        assert "Connection refused" in error
+        assert '<li class="success">' not in page
+
     def test_invalid_input_sends_nothing(self, sender):
         response = sender.post(
             admin_url("send_test_email"), {"to": "ann@, bob", "mailer": "smtp"}

@@ -183,3 +183,27 @@ def test_through_an_outbox_a_failed_delivery_is_an_error(outbox_server):
         f"Queued as message {record.pk}; status: Failed. "
     )
     assert "refused-ann@example.com: 550" in str(info.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_an_outbox_a_first_attempt_that_failed_is_an_error(closed_port):
+    from django_mailkit.models import OutboxMessage
+
+    nowhere = {
+        "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": "127.0.0.1", "port": closed_port, "timeout": 5},
+    }
+    outbox = {
+        "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+        "OPTIONS": {"deliver_using": "smtp"},
+    }
+    with override_settings(
+        MAILERS={"default": outbox, "smtp": nowhere}, MAILKIT={"USE_TASKS": True}
+    ):
+        with pytest.raises(CommandError) as info:
+            run("ann@example.com")
+    record = OutboxMessage.objects.get()
+    assert str(info.value).startswith(
+        f"Queued as message {record.pk}; status: Queued. The first attempt "
+        "failed, and it will be retried: "
+    )
