@@ -19,6 +19,7 @@ Classification:
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import enum
 import logging
@@ -40,7 +41,7 @@ from .envelope import stored_envelope
 from .handler import mailers
 from .message import EmailMessage
 from .models import Attempt, AttemptRecord, OutboxMessage, Recipient, RecipientStatus
-from .smtp_session import Transmission, accepted, decode_reply
+from .smtp_session import Transmission, accepted, decode_reply, known_code
 
 logger = logging.getLogger("django_mailkit.delivery")
 
@@ -250,9 +251,16 @@ def deliver_batch(
             following = None
             if index + 1 < len(messages) and not stopping():
                 following = messages[index + 1]
-            written, begun_next = record.record_attempt_then_begin(
-                attempt, following, lease
-            )
+            try:
+                written, begun_next = record.record_attempt_then_begin(
+                    attempt, following, lease
+                )
+            except Exception as exc:
+                # The message went out but its outcome could not be written:
+                # finish it with what can be, rather than leave it to lease
+                # recovery, which would send it again (and again).
+                attempt, written = _finish_unrecorded(record, attempt, exc)
+                begun_next = False
             if following is not None:
                 begun = begun_next
             if not written:
@@ -274,6 +282,35 @@ def deliver_batch(
         for backend in connections.values():
             _close(backend)
     return result
+
+
+def _finish_unrecorded(
+    record: OutboxMessage, attempt: AttemptRecord, exc: Exception
+) -> tuple[AttemptRecord, bool]:
+    """
+    Finish a message whose attempt could not be written: never sent again.
+
+    Its recipients' rows keep their old state; the message's status says
+    what the attempt did, and its error why nothing else was recorded.
+    """
+    logger.exception(
+        "Outbox message %s: writing the attempt's outcome failed; the "
+        "message is finished without it so that it is not sent again.",
+        record.pk,
+    )
+    status = attempt.outcome
+    if status == Attempt.Outcome.RETRY:
+        delivered = any(
+            status == RecipientStatus.SENT
+            for status, _, _ in attempt.recipients.values()
+        )
+        status = Attempt.Outcome.PARTIAL if delivered else Attempt.Outcome.FAILED
+    error = decode_reply(
+        f"The attempt's outcome could not be recorded "
+        f"({type(exc).__name__}: {exc}); not retried. {attempt.error}"
+    )
+    attempt = dataclasses.replace(attempt, outcome=status, error=error)
+    return attempt, record.finish(status, error=error)
 
 
 def _lease_lost(record: OutboxMessage, worker: str, when: str) -> None:
@@ -372,7 +409,7 @@ def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
         # stay pending and are retried.
         error = f"{type(transmission.error).__name__}: {transmission.error}"
     codes = [c for c, _ in replies.values() if c is not None]
-    if transmission.error is not None or any(400 <= c < 500 for c in codes):
+    if transmission.error is not None or any(_temporary(c) for c in codes):
         kind = Kind.RETRY
     elif all(accepted(c) for c in codes):
         kind = Kind.SENT
@@ -398,7 +435,7 @@ def _failure(exc: BaseException) -> Outcome:
             address: (code, decode_reply(reply))
             for address, (code, reply) in exc.recipients.items()
         }
-        temporary = any(400 <= code < 500 for code, _ in replies.values())
+        temporary = any(_temporary(code) for code, _ in replies.values())
         return Outcome(
             Kind.RETRY if temporary else Kind.FAILED,
             replies=replies,
@@ -458,7 +495,7 @@ def _classify(
     # Each recipient's new state.
     rows: dict[str, tuple[str, int | None, str]] = {}
     for address, (code, reply) in outcome.replies.items():
-        rows[address] = (_recipient_status(code), code, reply)
+        rows[address] = (_recipient_status(code), _stored_code(code), reply)
     if not outcome.replies and kind == Kind.FAILED:
         for address in pending:
             rows[address] = (
@@ -480,23 +517,40 @@ def _classify(
         delivered = delivered_before or RecipientStatus.SENT in states
         failed = failed_before or RecipientStatus.FAILED in states
         kind = (Kind.PARTIAL if failed else Kind.SENT) if delivered else Kind.FAILED
+    # The one place an attempt's texts and codes are made storable: text
+    # columns take no NUL, code columns only real reply codes.
     return AttemptRecord(
         outcome=kind,
         worker=worker,
         started_at=started,
         finished_at=timezone.now(),
-        error=error,
-        attempt_error=outcome.error,
-        smtp_code=outcome.code,
-        smtp_reply=outcome.reply,
-        replies=outcome.replies,
-        recipients=rows,
+        error=decode_reply(error),
+        attempt_error=decode_reply(outcome.error),
+        smtp_code=_stored_code(outcome.code),
+        smtp_reply=decode_reply(outcome.reply),
+        replies={
+            address: (_stored_code(code), decode_reply(reply))
+            for address, (code, reply) in outcome.replies.items()
+        },
+        recipients={
+            address: (status, code, decode_reply(reply))
+            for address, (status, code, reply) in rows.items()
+        },
     )
+
+
+def _temporary(code: int) -> bool:
+    """A 4yz reply, or no reply code at all (a garbled reply)."""
+    return 400 <= code < 500 or not known_code(code)
+
+
+def _stored_code(code: int | None) -> int | None:
+    return code if known_code(code) else None
 
 
 def _recipient_status(code: int | None) -> str:
     if code is None or accepted(code):
         return RecipientStatus.SENT
-    if 400 <= code < 500:
+    if _temporary(code):
         return RecipientStatus.DEFERRED
     return RecipientStatus.FAILED

@@ -43,6 +43,7 @@ __all__ = [
     "Transmission",
     "accepted",
     "decode_reply",
+    "known_code",
     "run_jobs",
 ]
 
@@ -76,9 +77,31 @@ class Reply(NamedTuple):
     text: bytes
 
 
+#: Control characters other than tab and newline: a reply is stored in text
+#: columns, and PostgreSQL refuses a NUL in one.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def decode_reply(reply: bytes | str) -> str:
-    """An SMTP reply as text (servers may send any bytes)."""
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    """
+    An SMTP reply as text that can be stored: servers may send any bytes.
+
+    Undecodable bytes and control characters (a NUL among them) become
+    U+FFFD.
+    """
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return _CONTROL.sub("\ufffd", text)
+
+
+def known_code(code: int | None) -> bool:
+    """
+    Whether ``code`` is a reply code at all (100 to 599).
+
+    smtplib reports a reply whose first three characters are not a number
+    as -1: an unknown reply, treated as a temporary failure and stored
+    without a code.
+    """
+    return code is not None and 100 <= code <= 599
 
 
 @dataclass
