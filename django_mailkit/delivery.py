@@ -232,7 +232,7 @@ def deliver_batch(
                 continue
             try:
                 backend = _connection_for(record.mailer, connections)
-                outcome = _attempt(record, backend, pending[record.pk])
+                outcome = _attempt(record, backend, pending[record.pk], lease)
             finally:
                 record.forget_bytes()
             if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
@@ -346,7 +346,10 @@ def _close(backend: BaseEmailBackend | Exception | None) -> None:
 
 
 def _attempt(
-    record: OutboxMessage, backend: BaseEmailBackend | Exception, pending: list[str]
+    record: OutboxMessage,
+    backend: BaseEmailBackend | Exception,
+    pending: list[str],
+    lease: timedelta,
 ) -> Outcome:
     if not pending:
         return Outcome(Kind.SENT)
@@ -366,7 +369,7 @@ def _attempt(
     if isinstance(backend, Exception):
         outcome = _failure(backend)
     else:
-        outcome = _send(record, backend, envelope)
+        outcome = _send(record, backend, envelope, lease)
     outcome.replies = {**outcome.replies, **refused}
     return outcome
 
@@ -376,12 +379,17 @@ def _attempt(
 INVALID_ADDRESS_CODE = 553
 
 
-def _send(record: OutboxMessage, backend: BaseEmailBackend, envelope: Any) -> Outcome:
+def _send(
+    record: OutboxMessage, backend: BaseEmailBackend, envelope: Any, lease: timedelta
+) -> Outcome:
     try:
         transmit = getattr(backend, "transmit", None)
         if transmit is not None:
             # SMTP: the exact stored bytes, and every server reply.
-            return _smtp_outcome(transmit(envelope, bytes(record.mime)), envelope)
+            transmission = transmit(
+                envelope, bytes(record.mime), keep_going=_lease_keeper(record, lease)
+            )
+            return _smtp_outcome(transmission, envelope)
         stored = StoredMessage(record, list(envelope.recipients))
         if backend.send_messages([stored]):
             replies = {address: (None, "") for address in envelope.recipients}
@@ -389,6 +397,33 @@ def _send(record: OutboxMessage, backend: BaseEmailBackend, envelope: Any) -> Ou
         return Outcome(Kind.RETRY, error="The mailer reported the message as not sent.")
     except Exception as exc:
         return _failure(exc)
+
+
+def _lease_keeper(record: OutboxMessage, lease: timedelta) -> Callable[[], bool]:
+    """
+    Between two transactions of one message: renew the lease once half of
+    it is spent (fenced). False if it was lost: another worker may be
+    sending the message now, so no further transaction goes out.
+    """
+
+    def keep_going() -> bool:
+        expires = record.lease_expires_at
+        if expires is not None and timezone.now() < expires - lease / 2:
+            return True
+        try:
+            renewed = record.renew_lease(lease)
+        except Exception:
+            logger.exception("Outbox message %s: renewing its lease failed", record.pk)
+            return False
+        if not renewed:
+            logger.warning(
+                "Outbox message %s: lease lost part way; the remaining "
+                "recipients are not sent to by this worker.",
+                record.pk,
+            )
+        return renewed
+
+    return keep_going
 
 
 def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:

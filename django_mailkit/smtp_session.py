@@ -146,6 +146,9 @@ class Job:
     #: The EmailMessage it came from, if any (for the caller).
     message: Any = None
     message_id: str = ""
+    #: Asked before each transaction after the first: False stops the job
+    #: (the outbox's lease on the message was lost: another worker has it).
+    keep_going: Callable[[], bool] | None = None
     result: Transmission = field(init=False)
     # Recipients accepted in a transaction whose content is still unanswered.
     _in_flight: set[EnvelopeAddress] = field(init=False, default_factory=set)
@@ -213,6 +216,10 @@ class ConnectionLost(smtplib.SMTPServerDisconnected):
     """The connection broke, or the server said 421, mid-conversation."""
 
 
+class LeaseLost(smtplib.SMTPException):
+    """The caller said to stop a message part way (its lease was lost)."""
+
+
 @dataclass(eq=False)
 class _Awaiting:
     """A reply still to be read for something already written."""
@@ -249,6 +256,8 @@ class Session:
         try:
             for job in jobs:
                 while not job.finished and not self.lost:
+                    if job.result.transactions and not self._keep_going(job):
+                        break
                     self._transaction(job)
                 if self.lost:
                     break
@@ -266,6 +275,17 @@ class Session:
             self._fail_awaiting(
                 self.error or ConnectionLost("The server closed the connection (421).")
             )
+
+    def _keep_going(self, job: Job) -> bool:
+        if job.keep_going is None or job.keep_going():
+            return True
+        job.stop(
+            LeaseLost(
+                "Stopped before the next transaction: another worker holds "
+                "the message now."
+            )
+        )
+        return False
 
     def _fail_awaiting(self, error: BaseException) -> None:
         """

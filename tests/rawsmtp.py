@@ -5,17 +5,20 @@ would send: a NUL in a reply, a reply code that is not a number.
 
 import socket
 import threading
+import time
 
 
 class RawSMTP:
     """
     Answers every command with a fixed reply; ``rcpt_reply`` and
     ``data_reply`` (bytes, without CRLF) replace the usual ``250 ok``.
+    ``rcpt_delay`` seconds pass before each RCPT reply (a slow server).
     ``deliveries`` lists (recipients, data) for each message received.
     """
 
-    def __init__(self, *, rcpt_reply=b"250 ok", data_reply=b"250 ok"):
+    def __init__(self, *, rcpt_reply=b"250 ok", data_reply=b"250 ok", rcpt_delay=0):
         self.rcpt_reply = rcpt_reply
+        self.rcpt_delay = rcpt_delay
         self.data_reply = data_reply
         self.deliveries = []
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -45,6 +48,7 @@ class RawSMTP:
                     recipients = []
                     reply = b"250 ok"
                 elif command.startswith(b"RCPT"):
+                    time.sleep(self.rcpt_delay)
                     reply = self.rcpt_reply
                     if reply.startswith(b"2"):
                         recipients.append(line)

@@ -7,7 +7,7 @@ import logging
 import os
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -311,7 +311,13 @@ class EmailBackend(BaseEmailBackend):
             raise first_error
         return sent
 
-    def transmit(self, envelope: Envelope, data: bytes) -> Transmission:
+    def transmit(
+        self,
+        envelope: Envelope,
+        data: bytes,
+        *,
+        keep_going: Callable[[], bool] | None = None,
+    ) -> Transmission:
         """
         Send one message, as stored bytes, and return every reply that counts.
 
@@ -322,8 +328,10 @@ class EmailBackend(BaseEmailBackend):
         answer (``SMTPSenderRefused`` when MAIL FROM is refused, smtplib's
         errors when the connection fails); otherwise refused recipients, a
         refused DATA and a connection lost part way are in the result.
+        ``keep_going`` is asked before each transaction after the first; if
+        it says no, the rest are not sent (the result's error says so).
         """
-        job = Job(envelope, data)
+        job = Job(envelope, data, keep_going=keep_going)
         with self._lock:
             if self.connection is None and self.open() is None:
                 raise smtplib.SMTPServerDisconnected(
