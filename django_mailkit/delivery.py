@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from . import conf
 from .backends.base import BaseEmailBackend
-from .envelope import stored_envelope
+from .envelope import envelope_address, stored_envelope
 from .handler import mailers
 from .message import EmailMessage
 from .models import Attempt, AttemptRecord, OutboxMessage, Recipient, RecipientStatus
@@ -370,8 +370,30 @@ def _attempt(
         outcome = _failure(backend)
     else:
         outcome = _send(record, backend, envelope, lease)
-    outcome.replies = {**outcome.replies, **refused}
+    # Replies are keyed by envelope path; results are recorded against the
+    # stored rows, which may differ (a Unicode domain goes out IDNA-encoded).
+    stored = _stored_addresses(envelope, pending, invalid)
+    outcome.replies = {
+        address: reply
+        for path, reply in outcome.replies.items()
+        for address in stored.get(path, [path])
+    }
+    outcome.replies.update(refused)
     return outcome
+
+
+def _stored_addresses(
+    envelope: Any, pending: list[str], invalid: dict[str, str]
+) -> dict[str, list[str]]:
+    """Each envelope path's stored address(es), where they differ."""
+    paths = {str(path) for path in envelope.recipients}
+    stored: dict[str, list[str]] = {}
+    for address in pending:
+        if address in invalid:
+            continue
+        path = address if address in paths else str(envelope_address(address))
+        stored.setdefault(path, []).append(address)
+    return stored
 
 
 #: Recorded for a recipient whose stored address fails the envelope check:

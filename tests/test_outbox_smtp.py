@@ -114,6 +114,28 @@ def test_per_recipient_results_and_retries(server):
     ]
 
 
+def test_a_stored_unicode_domain_gets_its_result(server):
+    # A migrated row keeps the Unicode domain; it goes out IDNA-encoded and
+    # its reply must still land on the stored row (or it is resent forever).
+    server.refuse_recipient("b@example.com", "451 4.2.1 Mailbox busy", times=1)
+    record = send(to=["a@xn--bcher-kva.example", "b@example.com"])
+    record.recipient_set.filter(address="a@xn--bcher-kva.example").update(
+        address="a@bücher.example"
+    )
+    attempt()
+    attempt()
+    record.refresh_from_db()
+    assert record.status == Status.SENT
+    assert states(record) == {
+        "a@bücher.example": (RecipientStatus.SENT, 250),
+        "b@example.com": (RecipientStatus.SENT, 250),
+    }
+    assert [d.rcpt_tos for d in server.deliveries] == [
+        ["a@xn--bcher-kva.example"],
+        ["b@example.com"],
+    ]
+
+
 def test_all_recipients_refused_for_good(server):
     server.refuse_recipient("x@example.com", "550 5.1.1 No such user")
     record = send(to=["x@example.com"])
