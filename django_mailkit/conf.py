@@ -9,6 +9,7 @@ default beside it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar, overload
 
 import django
@@ -124,6 +125,10 @@ def _mailkit(key: str, default: object, kind: type | tuple[type, ...]) -> object
         raise ImproperlyConfigured(
             f"MAILKIT['{key}'] must be {_describe(kind)} (got {value!r})."
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ImproperlyConfigured(
+            f"MAILKIT['{key}'] must be a finite number (got {value!r})."
+        )
     if kind is not bool and isinstance(value, int | float) and value < 0:
         raise ImproperlyConfigured(
             f"MAILKIT['{key}'] must not be negative (got {value!r})."
@@ -158,7 +163,10 @@ def backoff_cap() -> float:
 
 def lease_seconds() -> float:
     """MAILKIT['LEASE_SECONDS']: how long a worker's claim lasts (300)."""
-    return float(_mailkit("LEASE_SECONDS", 300, (int, float)))
+    value = float(_mailkit("LEASE_SECONDS", 300, (int, float)))
+    if not value:
+        raise ImproperlyConfigured("MAILKIT['LEASE_SECONDS'] must be more than 0.")
+    return value
 
 
 def batch_size() -> int:
