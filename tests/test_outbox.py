@@ -97,6 +97,20 @@ def drain():
 
 
 class TestRecording:
+    @pytest.mark.parametrize("where", ["subject", "headers"])
+    def test_a_nul_in_the_subject_is_stored_for_display_cleaned(
+        self, queue_only, where
+    ):
+        # PostgreSQL's text columns refuse a NUL: the displayed subject is
+        # cleaned, the message's bytes carry it as rendered.
+        subject, headers = ("a\x00b", None) if where == "subject" else ("s", {})
+        if headers is not None:
+            headers["Subject"] = "a\x00b"
+        EmailMessage(
+            subject, "b", "f@example.com", ["t@example.com"], headers=headers
+        ).send()
+        assert OutboxMessage.objects.get().subject == "a\ufffdb"
+
     def test_every_message_is_recorded_with_its_bytes(self, queue_only):
         msg = EmailMultiAlternatives(
             "Grüße",

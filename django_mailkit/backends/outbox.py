@@ -11,6 +11,7 @@ sends nothing.
 from __future__ import annotations
 
 import email.policy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,8 +118,16 @@ def prepare(message: Any) -> dict[str, Any]:
 
 
 def _subject(message: Any) -> str:
-    """The subject as displayed: a Subject in ``headers`` overrides."""
+    """
+    The subject as displayed: a Subject in ``headers`` overrides. Control
+    characters (a NUL, which PostgreSQL's text columns refuse) become
+    U+FFFD; the message's bytes keep the subject as rendered.
+    """
+    subject = getattr(message, "subject", "")
     for name, value in (getattr(message, "extra_headers", None) or {}).items():
         if name.lower() == "subject":
-            return str(value)
-    return str(getattr(message, "subject", ""))
+            subject = value
+    return _CONTROL.sub("\ufffd", str(subject))
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
