@@ -265,8 +265,8 @@ def deliver_batch(
                 begun = begun_next
             if not written:
                 # Sent, but another worker holds the message now: its record
-                # stands (see the README on the accepted-but-not-recorded
-                # window).
+                # stands (docs/topics/outbox.rst, on the one window for a
+                # duplicate).
                 _lease_lost(record, worker, "after sending")
                 result.add(Result.LEASE_LOST, record.pk)
                 continue

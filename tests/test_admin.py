@@ -370,7 +370,7 @@ class TestActions:
     @pytest.mark.parametrize("action", [*ACTIONS, "delete_selected"])
     def test_a_view_only_user_forging_an_action_gets_403(self, action):
         # With no action offered at all, Django shows the changelist (200)
-        # as if nothing was posted; the README promises 403.
+        # as if nothing was posted; docs/topics/admin.rst promises 403.
         _permission, status, _after = ACTIONS.get(action, (None, Status.SENT, None))
         record = set_status(queue(), status)
         client = staff("view_outboxmessage")

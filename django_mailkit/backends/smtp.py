@@ -39,7 +39,7 @@ logger = logging.getLogger("django_mailkit.smtp")
 
 #: Connections one send_messages() call may use at once, when the server
 #: offers PIPELINING and the batch is large enough. One unless configured:
-#: parallel connections are opt-in (see the README), because relays count
+#: parallel connections are opt-in (docs/topics/backends.rst), because relays count
 #: connections per client and some throttle or block beyond a few.
 DEFAULT_MAX_CONNECTIONS = 1
 
