@@ -15,6 +15,10 @@ Classification:
   a recipient the server accepted is never sent to again;
 * any other error (the message can't be handled at all) is permanent, and
   recorded on the message, which stays visible as failed.
+
+Suppression (``django_mailkit.suppression``): a pending recipient on the
+suppression list is recorded as suppressed and never sent to; a 5xx at RCPT
+that says the address is dead puts it on the list.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 from django.utils import timezone
 
-from . import conf
+from . import conf, suppression
 from .backends.base import BaseEmailBackend
 from .envelope import envelope_address, stored_envelope
 from .handler import mailers
@@ -56,6 +60,8 @@ class Result(enum.Enum):
     #: Queued again, after a backoff.
     RETRY = "retry"
     FAILED = "failed"
+    #: Every recipient was suppressed: nothing was sent.
+    SUPPRESSED = "suppressed"
     #: Given back to the queue untried (the worker is stopping).
     RELEASED = "released"
     #: Another worker holds the message now (this one's lease ran out):
@@ -71,6 +77,7 @@ class BatchResult:
     partial: list[int] = field(default_factory=list)
     retry: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    suppressed: list[int] = field(default_factory=list)
     #: Released untried.
     skipped: list[int] = field(default_factory=list)
     lease_lost: list[int] = field(default_factory=list)
@@ -85,6 +92,7 @@ class BatchResult:
             Result.PARTIAL: self.partial,
             Result.RETRY: self.retry,
             Result.FAILED: self.failed,
+            Result.SUPPRESSED: self.suppressed,
             Result.RELEASED: self.skipped,
             Result.LEASE_LOST: self.lease_lost,
         }
@@ -99,7 +107,13 @@ class BatchResult:
     @property
     def handled(self) -> int:
         """Messages attempted and recorded."""
-        return len(self.sent) + len(self.partial) + len(self.retry) + len(self.failed)
+        return (
+            len(self.sent)
+            + len(self.partial)
+            + len(self.retry)
+            + len(self.failed)
+            + len(self.suppressed)
+        )
 
 
 class StoredMessage(EmailMessage):
@@ -156,6 +170,7 @@ _RESULTS = {
     Kind.PARTIAL: Result.PARTIAL,
     Kind.RETRY: Result.RETRY,
     Kind.FAILED: Result.FAILED,
+    Kind.SUPPRESSED: Result.SUPPRESSED,
 }
 
 
@@ -170,6 +185,8 @@ class Outcome:
     code: int | None = None
     reply: str = ""
     error: str = ""
+    #: The recipients (in ``replies``) refused at their own RCPT TO.
+    refused_at_rcpt: set[str] = field(default_factory=set)
 
 
 def deliver_batch(
@@ -195,6 +212,7 @@ def deliver_batch(
     pending: dict[int, list[str]] = defaultdict(list)
     delivered_before: set[int] = set()
     failed_before: set[int] = set()
+    suppressed_before: set[int] = set()
     for message_id, address, status in (
         # The primary, never a replica that may lag behind the claim.
         Recipient.objects.using(router.db_for_write(Recipient))
@@ -208,6 +226,12 @@ def deliver_batch(
             delivered_before.add(message_id)
         elif status == RecipientStatus.FAILED:
             failed_before.add(message_id)
+        elif status == RecipientStatus.SUPPRESSED:
+            suppressed_before.add(message_id)
+    # Suppressed recipients leave the envelope here: they never reach the wire.
+    suppressed = suppression.suppressed_recipients(messages, pending)
+    for message_id, skipped in suppressed.items():
+        pending[message_id] = [a for a in pending[message_id] if a not in skipped]
     stopping = should_stop or (lambda: False)
     # Whether the previous message's record also began this one's attempt
     # (None: it didn't try).
@@ -230,9 +254,14 @@ def deliver_batch(
                 _lease_lost(record, worker, "before sending")
                 result.add(Result.LEASE_LOST, record.pk)
                 continue
+            backend: BaseEmailBackend | Exception | None = None
             try:
-                backend = _connection_for(record.mailer, connections)
-                outcome = _attempt(record, backend, pending[record.pk], lease)
+                if pending[record.pk]:
+                    backend = _connection_for(record.mailer, connections)
+                    outcome = _attempt(record, backend, pending[record.pk], lease)
+                else:
+                    # Nobody left to send to (all suppressed): no connection.
+                    outcome = Outcome(Kind.SENT)
             finally:
                 record.forget_bytes()
             if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
@@ -247,6 +276,8 @@ def deliver_batch(
                 pending=pending[record.pk],
                 delivered_before=record.pk in delivered_before,
                 failed_before=record.pk in failed_before,
+                suppressed=suppressed.get(record.pk, {}),
+                suppressed_before=record.pk in suppressed_before,
             )
             following = None
             if index + 1 < len(messages) and not stopping():
@@ -270,6 +301,8 @@ def deliver_batch(
                 _lease_lost(record, worker, "after sending")
                 result.add(Result.LEASE_LOST, record.pk)
                 continue
+            if outcome.refused_at_rcpt:
+                _suppress_refused(record, outcome)
             if attempt.outcome != Kind.SENT:
                 logger.warning(
                     "Outbox message %s: %s. %s",
@@ -282,6 +315,22 @@ def deliver_batch(
         for backend in connections.values():
             _close(backend)
     return result
+
+
+def _suppress_refused(record: OutboxMessage, outcome: Outcome) -> None:
+    """List the addresses refused for good at RCPT (never fails the batch)."""
+    refusals = {
+        address: outcome.replies[address]
+        for address in outcome.refused_at_rcpt
+        if address in outcome.replies
+    }
+    try:
+        suppression.record_refusals(record, refusals)
+    except Exception:
+        logger.exception(
+            "Outbox message %s: listing refused recipients as suppressed failed",
+            record.pk,
+        )
 
 
 def _finish_unrecorded(
@@ -376,6 +425,11 @@ def _attempt(
     outcome.replies = {
         address: reply
         for path, reply in outcome.replies.items()
+        for address in stored.get(path, [path])
+    }
+    outcome.refused_at_rcpt = {
+        address
+        for path in outcome.refused_at_rcpt
         for address in stored.get(path, [path])
     }
     outcome.replies.update(refused)
@@ -481,6 +535,7 @@ def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
         reply=reply,
         error=error,
         connection_lost=transmission.error is not None,
+        refused_at_rcpt={str(address) for address in transmission.refused_at_rcpt},
     )
 
 
@@ -498,6 +553,8 @@ def _failure(exc: BaseException) -> Outcome:
             replies=replies,
             connection_lost=any(code == 421 for code, _ in replies.values()),
             error=text,
+            # smtplib raises it when every RCPT TO was refused.
+            refused_at_rcpt=set(replies),
         )
     if isinstance(exc, smtplib.SMTPResponseException):
         code, reply = exc.smtp_code, decode_reply(exc.smtp_error)
@@ -528,13 +585,17 @@ def _classify(
     pending: list[str],
     delivered_before: bool,
     failed_before: bool,
+    suppressed: Mapping[str, str] | None = None,
+    suppressed_before: bool = False,
 ) -> AttemptRecord:
     """
     Decide what one attempt means: each recipient's fate and the message's.
 
     A temporary failure is retried until the retry budget is spent; then
     what is still pending fails. A final status is the recipients', over
-    all the message's attempts.
+    all the message's attempts: sent to some and not to others (failed or
+    suppressed) is partially sent; sent to none, failed if any failed, and
+    suppressed if every one was.
     """
     kind = outcome.kind
     error = outcome.error or (
@@ -560,6 +621,8 @@ def _classify(
                 outcome.code,
                 outcome.reply or outcome.error,
             )
+    for address, reason in (suppressed or {}).items():
+        rows[address] = (RecipientStatus.SUPPRESSED, None, reason)
     final = kind != Kind.RETRY
     if not final and record.attempts - record.requeued_attempts >= conf.max_attempts():
         # Out of attempts: what is still pending fails.
@@ -573,7 +636,14 @@ def _classify(
         states = {status for status, _, _ in rows.values()}
         delivered = delivered_before or RecipientStatus.SENT in states
         failed = failed_before or RecipientStatus.FAILED in states
-        kind = (Kind.PARTIAL if failed else Kind.SENT) if delivered else Kind.FAILED
+        skipped = suppressed_before or RecipientStatus.SUPPRESSED in states
+        if delivered:
+            kind = Kind.PARTIAL if failed or skipped else Kind.SENT
+        elif skipped and not failed:
+            kind = Kind.SUPPRESSED
+            error = error or "Not sent: every recipient is suppressed."
+        else:
+            kind = Kind.FAILED
     # The one place an attempt's texts and codes are made storable: text
     # columns take no NUL, code columns only real reply codes.
     return AttemptRecord(

@@ -34,11 +34,13 @@ class Status(models.TextChoices):
     PARTIAL = "partial", _("Partially sent")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
+    #: Every recipient was on the suppression list: nothing went out.
+    SUPPRESSED = "suppressed", _("Suppressed")
 
 
 #: Statuses a message never leaves on its own.
 FINAL_STATUSES = frozenset(
-    {Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED}
+    {Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED, Status.SUPPRESSED}
 )
 
 
@@ -47,6 +49,8 @@ class RecipientStatus(models.TextChoices):
     DEFERRED = "deferred", _("Deferred (temporary failure)")
     SENT = "sent", _("Accepted by the server")
     FAILED = "failed", _("Failed")
+    #: On the suppression list when its turn came: never sent to.
+    SUPPRESSED = "suppressed", _("Suppressed")
 
 
 class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
@@ -774,6 +778,8 @@ class Attempt(models.Model):
         PARTIAL = "partial", _("Partially sent")
         RETRY = "retry", _("Temporary failure")
         FAILED = "failed", _("Failed")
+        #: Every recipient left was suppressed: no connection was opened.
+        SUPPRESSED = "suppressed", _("Suppressed")
 
     message = models.ForeignKey(
         OutboxMessage,
@@ -799,3 +805,57 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.number}: {self.get_outcome_display()}"
+
+
+class SuppressionReason(models.TextChoices):
+    #: A permanent failure at RCPT that names the address (see suppression.py).
+    BOUNCED = "bounced", _("Refused by the server (permanent)")
+    UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
+    IMPORTED = "imported", _("Imported")
+
+
+class Suppression(models.Model):
+    """
+    An address the outbox no longer sends to, through one mailer or all.
+
+    ``address`` is the normalised form (``suppression.normalise()``); the
+    logic lives in ``django_mailkit.suppression``.
+    """
+
+    address = models.CharField(_("address"), max_length=320)
+    #: The outbox mailer alias it applies to; empty: every mailer.
+    mailer = models.CharField(
+        _("mailer"),
+        max_length=100,
+        blank=True,
+        help_text=_("The outbox mailer alias; empty for every mailer."),
+    )
+    reason = models.CharField(
+        _("reason"), max_length=16, choices=SuppressionReason.choices
+    )
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    smtp_reply = models.TextField(_("SMTP reply"), blank=True)
+    #: Where it came from: an outbox message, an unsubscribe, an import.
+    source = models.CharField(_("source"), max_length=200, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("suppressed address")
+        verbose_name_plural = _("suppressed addresses")
+        ordering = ["-created_at", "-id"]
+        # Unsuppressing is granted on its own (django_mailkit.admin).
+        permissions = [("unsuppress_suppression", _("Can unsuppress an address"))]
+        constraints = [
+            # Also the index of the delivery's lookup (address IN ..., mailer IN ...).
+            models.UniqueConstraint(
+                fields=["address", "mailer"], name="mailkit_suppression_unique"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["-created_at", "-id"], name="mailkit_suppr_created_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.address

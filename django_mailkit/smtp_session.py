@@ -120,6 +120,9 @@ class Transmission:
     error: BaseException | None = None
     #: How many mail transactions it took.
     transactions: int = 0
+    #: The recipients in ``replies`` whose reply is the one to their own
+    #: RCPT TO (a refusal that is about the address, unlike DATA's).
+    refused_at_rcpt: set[EnvelopeAddress] = field(default_factory=set)
 
 
 #: Writes smaller than this are joined into one (one packet for a pipelined
@@ -394,6 +397,7 @@ class Session:
             if reply.code == 421:
                 continue  # the job goes on over another connection
             job.result.replies[address] = reply
+            job.result.refused_at_rcpt.add(address)
             self.progress = True
         if took and len(took) < len(chunk) and self._said_too_many(replies):
             # The server's limit is lower than ours: keep to it from now on.

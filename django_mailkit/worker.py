@@ -40,6 +40,8 @@ class WorkerStats:
     partial: int = 0
     retry: int = 0
     failed: int = 0
+    #: Messages not sent because every recipient was suppressed.
+    suppressed: int = 0
     recovered: int = 0
     #: Messages another worker took over before this one could write.
     lease_lost: int = 0
@@ -48,13 +50,14 @@ class WorkerStats:
 
     @property
     def handled(self) -> int:
-        return self.sent + self.partial + self.retry + self.failed
+        return self.sent + self.partial + self.retry + self.failed + self.suppressed
 
     def summary(self) -> str:
         return (
             f"{self.handled} messages in {self.batches} batches: {self.sent} sent, "
             f"{self.partial} partially sent, {self.retry} to retry, "
-            f"{self.failed} failed; {self.recovered} recovered from crashed workers."
+            f"{self.failed} failed, {self.suppressed} suppressed; "
+            f"{self.recovered} recovered from crashed workers."
         )
 
 
@@ -142,11 +145,13 @@ class Worker:
         self.stats.partial += len(result.partial)
         self.stats.retry += len(result.retry)
         self.stats.failed += len(result.failed)
+        self.stats.suppressed += len(result.suppressed)
         self.stats.lease_lost += len(result.lease_lost)
         self._say(
             f"Batch of {len(claimed)}: {len(result.sent)} sent, "
             f"{len(result.partial)} partial, {len(result.retry)} retry, "
-            f"{len(result.failed)} failed, {len(result.skipped)} released, "
+            f"{len(result.failed)} failed, {len(result.suppressed)} suppressed, "
+            f"{len(result.skipped)} released, "
             f"{len(result.lease_lost)} lost to another worker "
             f"({time.monotonic() - started:.2f}s)."
         )

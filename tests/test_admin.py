@@ -39,7 +39,13 @@ from django_mailkit.admin.display import (
     PREVIEW_CSP_REMOTE_IMAGES,
     ParsedMessage,
 )
-from django_mailkit.models import Attempt, OutboxMessage, RecipientStatus, Status
+from django_mailkit.models import (
+    Attempt,
+    OutboxMessage,
+    RecipientStatus,
+    Status,
+    Suppression,
+)
 from django_mailkit.worker import Worker
 from tests.smtpserver import SMTPTestServer, mailer_config
 
@@ -904,6 +910,8 @@ class TestMessagePage:
             Attempt.objects.filter(message=record).update(finished_at=first)
             record.refresh_from_db()
             first_sent_at = record.sent_at
+            # An operator unsuppressed bob (the 550 listed him): tried again.
+            Suppression.objects.all().delete()
             OutboxMessage.objects.filter(pk=record.pk).requeue()
             Worker(once=True, interval=0).run()
         record.refresh_from_db()
@@ -1540,6 +1548,7 @@ class TestChangelist:
             "partial": (0, 0),
             "failed": (1, 4),
             "cancelled": (0, 0),
+            "suppressed": (0, 0),
         }
         assert (dashboard["day_total"], dashboard["week_total"]) == (3, 6)
         # Each count links to the messages it counts.

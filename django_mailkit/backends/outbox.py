@@ -24,6 +24,11 @@ from .base import BaseEmailBackend
 
 __all__ = ["EmailBackend"]
 
+#: Outbox mailers list the addresses a server refuses for good at RCPT TO
+#: unless told otherwise: mail queued in bulk is what hammers dead addresses,
+#: and the list is per mailer (see django_mailkit.suppression).
+DEFAULT_SUPPRESS_ON_PERMANENT_FAILURE = True
+
 
 class EmailBackend(BaseEmailBackend):
     """Queue messages in the outbox; ``deliver_using`` names the real mailer."""
@@ -32,8 +37,20 @@ class EmailBackend(BaseEmailBackend):
     delivers_mail = True
     silenced_errors = (DatabaseError,)
 
-    def __init__(self, *, deliver_using: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        deliver_using: str | None = None,
+        suppress_on_permanent_failure: bool = DEFAULT_SUPPRESS_ON_PERMANENT_FAILURE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if not isinstance(suppress_on_permanent_failure, bool):
+            raise self.config_error(
+                "suppress_on_permanent_failure",
+                f"must be True or False (got {suppress_on_permanent_failure!r}).",
+            )
+        self.suppress_on_permanent_failure = suppress_on_permanent_failure
         if not deliver_using or not isinstance(deliver_using, str):
             raise self.config_error(
                 "deliver_using",
