@@ -29,6 +29,9 @@ def _classify(exc: InvalidMailer) -> str:
         return "django_mailkit.E004"
     if exc.option == "file_path":
         return "django_mailkit.E005"
+    if exc.option == "dkim":
+        # The DKIM key or settings: caught at startup, not at the first send.
+        return "django_mailkit.E008"
     if exc.code == "unknown_options":
         return "django_mailkit.E006"
     if exc.code == "backend_import":

@@ -16,6 +16,7 @@ from django.core.mail import message as django_message
 from django.core.mail.utils import DNS_NAME  # noqa: F401  (Django 6.1 exports it)
 
 from .. import conf, deprecation
+from ..dkim import DKIMSigner, signer_from_option
 from ..envelope import Envelope, EnvelopeAddress, message_envelope
 from ..exceptions import InvalidMailerValueError
 from ..rendering import render_bytes
@@ -75,6 +76,7 @@ class EmailBackend(BaseEmailBackend):
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_recipients_per_transaction: int = DEFAULT_MAX_RECIPIENTS,
+        dkim: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if "alias" not in kwargs:
@@ -141,6 +143,10 @@ class EmailBackend(BaseEmailBackend):
                 "at least 100.",
             )
         self.max_recipients_per_transaction = max_recipients_per_transaction
+        #: Signs every message sent (the ``dkim`` OPTION), or None.
+        self.dkim_signer: DKIMSigner | None = signer_from_option(
+            dkim, lambda detail: self.config_error("dkim", detail)
+        )
         self.connection: smtplib.SMTP | None = None
 
     # Option validation.
@@ -284,13 +290,15 @@ class EmailBackend(BaseEmailBackend):
         with ``max_connections`` above 1, large batches are spread over
         several connections. A message to more than
         ``max_recipients_per_transaction`` recipients goes in several mail
-        transactions, each with the same bytes.
+        transactions, each with the same bytes. With the ``dkim`` OPTION,
+        every message is signed once, before the first is sent.
         """
         if not email_messages:
             return 0
         jobs = [job for message in email_messages if (job := _job(message))]
         if not jobs:
             return 0
+        self._sign(jobs)
         with self._lock:
             opened = self.open()
             if opened is None:  # failed silently
@@ -323,15 +331,18 @@ class EmailBackend(BaseEmailBackend):
 
         ``envelope`` comes from ``django_mailkit.envelope`` (only checked
         addresses are written), ``data`` is the message (line ends are made
-        CRLF). Recipients beyond ``max_recipients_per_transaction`` go in
-        further transactions. Raises the error when not one recipient got an
-        answer (``SMTPSenderRefused`` when MAIL FROM is refused, smtplib's
-        errors when the connection fails); otherwise refused recipients, a
+        CRLF) and is DKIM-signed here when the mailer has the ``dkim``
+        OPTION: the caller's bytes stay unsigned. Recipients beyond
+        ``max_recipients_per_transaction`` go in further transactions.
+        Raises the error when not one recipient got an answer
+        (``SMTPSenderRefused`` when MAIL FROM is refused, smtplib's errors
+        when the connection fails); otherwise refused recipients, a
         refused DATA and a connection lost part way are in the result.
         ``keep_going`` is asked before each transaction after the first; if
         it says no, the rest are not sent (the result's error says so).
         """
         job = Job(envelope, data, keep_going=keep_going)
+        self._sign([job])
         with self._lock:
             if self.connection is None and self.open() is None:
                 raise smtplib.SMTPServerDisconnected(
@@ -342,6 +353,16 @@ class EmailBackend(BaseEmailBackend):
         if not result.replies and result.error is not None:
             raise result.error
         return result
+
+    def _sign(self, jobs: list[Job]) -> None:
+        """
+        DKIM-sign each message's bytes, once, before any goes out (every
+        transaction of a message sends the same signed copy). The bytes the
+        caller holds, such as the outbox's stored ones, stay unsigned.
+        """
+        if self.dkim_signer is not None:
+            for job in jobs:
+                job.data = self.dkim_signer.sign(job.data)
 
     def _run(self, jobs: list[Job]) -> None:
         self.connection = run_jobs(

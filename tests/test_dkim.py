@@ -1,0 +1,532 @@
+"""
+DKIM signing (the SMTP backend's ``dkim`` OPTION).
+
+Every signature is checked the way a receiver checks it: dkimpy's verify()
+on the bytes the aiosmtpd sink received, with the public key served by a
+fake DNS lookup (the key pair is generated for this test session).
+"""
+
+import base64
+import email
+import email.policy
+import sys
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.core import checks
+from django.core import mail as django_mail
+from django.test import override_settings
+
+from django_mailkit import EmailMessage, EmailMultiAlternatives, InvalidMailer, mailers
+from django_mailkit.dkim import SigningError
+from django_mailkit.models import OutboxMessage, Status
+from django_mailkit.worker import Worker
+
+DOMAIN = "example.com"
+SELECTOR = "mk2026"
+
+
+def _pem(key, fmt=serialization.PrivateFormat.TraditionalOpenSSL, encryption=None):
+    return key.private_bytes(
+        serialization.Encoding.PEM, fmt, encryption or serialization.NoEncryption()
+    ).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def private_pem(rsa_key):
+    return _pem(rsa_key)
+
+
+def txt_record(key):
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+@pytest.fixture(scope="session")
+def dns(rsa_key):
+    """A dnsfunc for dkimpy: the TXT record of our selector, nothing else."""
+    records = {f"{SELECTOR}._domainkey.{DOMAIN}.".encode(): txt_record(rsa_key)}
+
+    def lookup(name, timeout=5):
+        return records.get(name)
+
+    return lookup
+
+
+def verifies(data, dns):
+    return dkim.verify(data, dnsfunc=dns)
+
+
+def signature_tags(data):
+    parsed = email.message_from_bytes(data, policy=email.policy.compat32)
+    value = "".join(parsed["DKIM-Signature"].split())
+    return dict(tag.split("=", 1) for tag in value.split(";") if tag)
+
+
+def dkim_option(private_pem, **extra):
+    return {"domain": DOMAIN, "selector": SELECTOR, "private_key": private_pem, **extra}
+
+
+def smtp_mailer(server, dkim_config, **options):
+    return {
+        "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+        "OPTIONS": {
+            "host": server.host,
+            "port": server.port,
+            "timeout": 5,
+            "dkim": dkim_config,
+            **options,
+        },
+    }
+
+
+# The message profiles.
+
+
+def plain():
+    return EmailMessage(
+        "Your order has shipped",
+        "Hello,\n\nyour order is on its way.\n.\nA line with a dot above.\n",
+        "Shop <shop@example.com>",
+        ["ann@example.com", "bob@example.net"],
+        cc=["carol@example.org"],
+        headers={"Reply-To": "help@example.com"},
+    )
+
+
+def non_ascii():
+    msg = EmailMultiAlternatives(
+        "Grüße aus Köln — 日本語の件名 " + "lang " * 20,
+        "Καλημέρα κόσμε, ünïcödé.\n" * 40,
+        "Zeitung Köln <news@example.com>",
+        ["Léa Müller <lea@example.com>"],
+    )
+    msg.attach_alternative("<p>Καλημέρα κόσμε</p>", "text/html")
+    return msg
+
+
+def smtputf8():
+    # A non-ASCII local part: the message goes with SMTPUTF8, raw UTF-8
+    # in its headers.
+    return EmailMessage(
+        "Ünïcödé all the way",
+        "Grüße\n",
+        "shop@example.com",
+        ["jörg@example.com"],
+    )
+
+
+def attachments():
+    msg = EmailMessage(
+        "Invoice 2026-114",
+        "Please find the invoice attached.",
+        "billing@example.com",
+        ["ann@example.com"],
+    )
+    msg.attach("invoice.pdf", bytes(range(256)) * 300, "application/pdf")
+    msg.attach("notes.txt", "Ligne accentuée\n" * 50, "text/plain")
+    msg.attach("résumé.bin", b"\x00\xff" * 100, "application/octet-stream")
+    return msg
+
+
+PROFILES = [plain, non_ascii, smtputf8, attachments]
+
+
+# Sending directly over SMTP (with and without PIPELINING: the fixture).
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.__name__)
+def test_direct_smtp_signatures_verify(smtp_server, private_pem, dns, profile):
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(private_pem))}
+    ):
+        assert mailers.default.send_messages([profile()]) == 1
+    [delivery] = smtp_server.deliveries
+    assert delivery.data.startswith(b"DKIM-Signature: ")
+    assert verifies(delivery.data, dns)
+    tags = signature_tags(delivery.data)
+    assert tags["d"] == DOMAIN and tags["s"] == SELECTOR
+    assert tags["a"] == "rsa-sha256" and tags["c"] == "relaxed/relaxed"
+    # The message's own headers are covered, and From, To, Subject... are
+    # oversigned (a second one can't be added).
+    signed = tags["h"].split(":")
+    assert signed.count("from") == 2 and signed.count("subject") == 2
+    assert "mime-version" in signed and "content-type" in signed
+
+
+def test_a_tampered_message_fails_verification(smtp_server, private_pem, dns):
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(private_pem))}
+    ):
+        mailers.default.send_messages([plain()])
+    data = smtp_server.deliveries[0].data
+    assert verifies(data, dns)
+    # One byte of the body, then one of a signed header.
+    assert not verifies(data.replace(b"on its way", b"on its wax"), dns)
+    assert not verifies(data.replace(b"Subject: Your", b"Subject: Our"), dns)
+    # An added second Subject (oversigned) breaks it too.
+    assert not verifies(b"Subject: Pay now\r\n" + data, dns)
+    # And a signature made with another key does not verify with ours.
+    other = _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    smtp_server.deliveries.clear()
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(other))}
+    ):
+        mailers.default.send_messages([plain()])
+    assert not verifies(smtp_server.deliveries[0].data, dns)
+
+
+def test_every_transaction_of_a_chunked_message_is_signed(
+    smtp_server, private_pem, dns
+):
+    message = plain()
+    message.to = [f"u{i}@example.com" for i in range(5)]
+    config = smtp_mailer(
+        smtp_server, dkim_option(private_pem), max_recipients_per_transaction=2
+    )
+    with override_settings(MAILERS={"default": config}):
+        assert mailers.default.send_messages([message]) == 1
+    assert len(smtp_server.deliveries) == 3
+    # Signed once: every recipient gets the same copy.
+    assert len({d.data for d in smtp_server.deliveries}) == 1
+    assert all(verifies(d.data, dns) for d in smtp_server.deliveries)
+    assert smtp_server.deliveries[0].data.count(b"DKIM-Signature:") == 1
+
+
+def test_a_batch_over_several_connections_is_signed(smtp_server, private_pem, dns):
+    messages = [plain() for _ in range(24)]
+    config = smtp_mailer(smtp_server, dkim_option(private_pem), max_connections=3)
+    with override_settings(MAILERS={"default": config}):
+        assert mailers.default.send_messages(messages) == 24
+    assert len(smtp_server.deliveries) == 24
+    assert all(verifies(d.data, dns) for d in smtp_server.deliveries)
+
+
+def test_djangos_own_message_is_signed(smtp_server, private_pem, dns):
+    # Built by the email package (the standard route), not our fast writer.
+    message = django_mail.EmailMessage(
+        "Grüße", "Körper\n", "from@example.com", ["to@example.com"]
+    )
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(private_pem))}
+    ):
+        assert mailers.default.send_messages([message]) == 1
+    assert verifies(smtp_server.deliveries[0].data, dns)
+
+
+def test_headers_and_identity_options(smtp_server, private_pem, dns):
+    option = dkim_option(
+        private_pem,
+        headers=["From", "Subject", "Date", "Message-ID", "X-Campaign"],
+        identity="news@mail.example.com",
+    )
+    message = plain()
+    message.extra_headers["X-Campaign"] = "autumn"
+    with override_settings(MAILERS={"default": smtp_mailer(smtp_server, option)}):
+        mailers.default.send_messages([message])
+    data = smtp_server.deliveries[0].data
+    assert verifies(data, dns)
+    tags = signature_tags(data)
+    assert tags["h"] == "from:subject:date:message-id:x-campaign"
+    assert tags["i"] == "news@mail.example.com"
+    assert not verifies(data.replace(b"autumn", b"winter"), dns)
+    # To is not signed now: changing it keeps the signature valid.
+    assert verifies(data.replace(b"To: ann@", b"To: eve@"), dns)
+
+
+def test_a_key_file_in_pkcs8_with_windows_line_ends(
+    smtp_server, rsa_key, dns, tmp_path
+):
+    path = tmp_path / "dkim.key"
+    pem = _pem(rsa_key, serialization.PrivateFormat.PKCS8)
+    path.write_bytes(pem.replace("\n", "\r\n").encode())
+    option = {"domain": DOMAIN, "selector": SELECTOR, "private_key_file": str(path)}
+    with override_settings(MAILERS={"default": smtp_mailer(smtp_server, option)}):
+        mailers.default.send_messages([plain()])
+    assert verifies(smtp_server.deliveries[0].data, dns)
+
+
+def test_without_the_option_nothing_is_signed(smtp_server):
+    with override_settings(MAILERS={"default": smtp_mailer(smtp_server, None)}):
+        mailers.default.send_messages([plain()])
+    assert b"DKIM-Signature" not in smtp_server.deliveries[0].data
+
+
+def test_a_message_dkimpy_cannot_sign_fails_before_anything_is_sent(
+    smtp_server, private_pem
+):
+    class Garbled:
+        def as_bytes(self):
+            return b"From: a@example.com\r\nnot a header line\r\n\r\nbody\r\n"
+
+        def get(self, name, default=None):
+            return default
+
+    class GarbledHeaders(EmailMessage):
+        def message(self, *, policy=email.policy.default):
+            return Garbled()
+
+    broken = GarbledHeaders("s", "b", "from@example.com", ["to@example.com"])
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(private_pem))}
+    ):
+        with pytest.raises(SigningError, match="DKIM signing failed"):
+            mailers.default.send_messages([plain(), broken])
+    assert smtp_server.deliveries == []
+
+
+# The outbox: stored unsigned, signed at send time.
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("profile", [non_ascii, attachments], ids=lambda p: p.__name__)
+def test_outbox_stores_unsigned_and_the_worker_signs(
+    smtp_server, private_pem, dns, profile
+):
+    config = smtp_mailer(
+        smtp_server, dkim_option(private_pem), max_recipients_per_transaction=1
+    )
+    message = profile()
+    message.to.append("second@example.com")
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": config,
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        assert mailers.default.send_messages([message]) == 1
+        record = OutboxMessage.objects.get()
+        stored = bytes(record.mime)
+        assert b"DKIM-Signature" not in stored
+        Worker(once=True, interval=0).run()
+    record.refresh_from_db()
+    assert record.status == Status.SENT
+    # The stored .eml is still the unsigned original...
+    assert bytes(record.mime) == stored
+    # ...and each copy on the wire is it, signed.
+    assert len(smtp_server.deliveries) == 2
+    for delivery in smtp_server.deliveries:
+        assert verifies(delivery.data, dns)
+        signature, rest = delivery.data.split(b"\r\n", 1)
+        while rest[:1] in (b" ", b"\t"):  # the folded signature
+            rest = rest.split(b"\r\n", 1)[1]
+        assert signature.startswith(b"DKIM-Signature:")
+        assert rest == stored
+
+
+# Configuration errors: one line naming the option, at build time and as a
+# system check at startup.
+
+
+def build(option):
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": "localhost", "dkim": option},
+            }
+        }
+    ):
+        return mailers.default
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        ("yes", "must be a dict with 'domain', 'selector'"),
+        ({"domain": DOMAIN, "selector": "s", "key": "x"}, "unknown key(s) 'key'"),
+        ({"selector": "s", "private_key": "x"}, "'domain' is required."),
+        ({"domain": DOMAIN, "private_key": "x"}, "'selector' is required."),
+        ({"domain": DOMAIN, "selector": "s"}, "'private_key' or 'private_key_file'"),
+        (
+            {"domain": "example.com; s=evil", "selector": "s", "private_key": "x"},
+            "'domain' is not a valid domain name",
+        ),
+        (
+            {"domain": DOMAIN, "selector": "a b", "private_key": "x"},
+            "'selector' is not a valid selector",
+        ),
+        (
+            {"domain": DOMAIN, "selector": "s\r\nBcc: x", "private_key": "x"},
+            "'selector' is not a valid selector",
+        ),
+        (
+            {"domain": DOMAIN, "selector": 7, "private_key": "x"},
+            "'selector' must be a string (got int).",
+        ),
+    ],
+)
+def test_option_shape_errors(option, expected):
+    with pytest.raises(InvalidMailer) as caught:
+        build(option)
+    text = str(caught.value)
+    assert text.startswith("MAILERS['default']['OPTIONS']['dkim']: ")
+    assert expected in text
+    assert "\n" not in text
+
+
+def test_option_value_errors(private_pem, tmp_path):
+    good = dkim_option(private_pem)
+    cases = [
+        ({**good, "private_key_file": "/x"}, "not both"),
+        ({**good, "headers": "From"}, "'headers' must be a list of header names"),
+        ({**good, "headers": ["To", "Subject"]}, "must include 'From'"),
+        ({**good, "headers": ["From", "Bcc"]}, "'Bcc', which RFC 6376 says not to"),
+        ({**good, "headers": ["From", "Bad Name"]}, "'Bad Name', which is not a"),
+        ({**good, "identity": "ops@example.org"}, "'identity' must be an address"),
+        ({**good, "identity": "ops@badexample.com"}, "'identity' must be an address"),
+        ({**good, "identity": "a;b@example.com"}, "'identity' must be an address"),
+    ]
+    for option, expected in cases:
+        with pytest.raises(InvalidMailer, match="\\['dkim'\\]: ") as caught:
+            build(option)
+        assert expected in str(caught.value), option
+    # Accepted: the domain itself, a subdomain, an empty local part, a
+    # Unicode domain (signed as its A-labels).
+    assert build({**good, "identity": "@example.com"}).dkim_signer.identity == (
+        b"@example.com"
+    )
+    assert build({**good, "identity": "a@x.example.com"}).dkim_signer
+    signer = build({**good, "domain": "bücher.example"}).dkim_signer
+    assert signer.domain == b"xn--bcher-kva.example"
+
+
+def _pkcs1_pem(n, e, d, p, q):
+    """A PKCS#1 PEM built from the numbers (whatever they are)."""
+
+    def length(n):
+        if n < 128:
+            return bytes([n])
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        return bytes([0x80 | len(raw)]) + raw
+
+    def integer(x):
+        raw = x.to_bytes(x.bit_length() // 8 + 1, "big")
+        return b"\x02" + length(len(raw)) + raw
+
+    fields = [0, n, e, d, p, q, d % (p - 1), d % (q - 1), pow(q, -1, p)]
+    body = b"".join(integer(x) for x in fields)
+    der = b"\x30" + length(len(body)) + body
+    return (
+        "-----BEGIN RSA PRIVATE KEY-----\n"
+        + base64.encodebytes(der).decode()
+        + "-----END RSA PRIVATE KEY-----\n"
+    )
+
+
+def _prime(bits):
+    import secrets
+
+    while True:
+        # The top two bits set: the product of two has exactly 2 * bits.
+        n = secrets.randbits(bits) | (3 << (bits - 2)) | 1
+        if all(pow(a, n - 1, n) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23)):
+            return n
+
+
+def _small_rsa_pem(bits=512):
+    # cryptography won't make an RSA key this weak; build one by hand.
+    e = 65537
+    while True:
+        p, q = _prime(bits // 2), _prime(bits // 2)
+        phi = (p - 1) * (q - 1)
+        if p != q and phi % e:
+            return _pkcs1_pem(p * q, e, pow(e, -1, phi), p, q)
+
+
+def _bad_keys(tmp_path):
+    ec_key = _pem(
+        ec.generate_private_key(ec.SECP256R1()), fmt=serialization.PrivateFormat.PKCS8
+    )
+    small = _small_rsa_pem()
+    encrypted = _pem(
+        rsa.generate_private_key(public_exponent=65537, key_size=1024),
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass"),
+    )
+    return [
+        ({"private_key": "not a key"}, "is not an RSA private key in PEM form"),
+        (
+            {"private_key": "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END"},
+            "is not an RSA private key in PEM form",
+        ),
+        ({"private_key": ec_key}, "is not an RSA private key in PEM form"),
+        ({"private_key": small}, "is a 512-bit RSA key: DKIM needs at least 1024"),
+        ({"private_key": encrypted}, "is encrypted"),
+        (
+            {"private_key_file": str(tmp_path / "missing.key")},
+            f"'private_key_file' '{tmp_path / 'missing.key'}' cannot be read: "
+            "No such file or directory.",
+        ),
+    ]
+
+
+def test_bad_keys_fail_the_system_check_at_startup(tmp_path):
+    for key, expected in _bad_keys(tmp_path):
+        option = {"domain": DOMAIN, "selector": SELECTOR, **key}
+        with override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                    "OPTIONS": {"host": "localhost", "dkim": option},
+                }
+            }
+        ):
+            errors = [
+                e
+                for e in checks.run_checks(tags=["mail"])
+                if e.id.startswith("django_mailkit.E")
+            ]
+        assert [e.id for e in errors] == ["django_mailkit.E008"], key
+        assert errors[0].msg.startswith("MAILERS['default']['OPTIONS']['dkim']: ")
+        assert expected in errors[0].msg, (expected, errors[0].msg)
+
+
+def test_an_inconsistent_key_fails_the_check(rsa_key):
+    # Parts that don't belong together (another modulus): dkimpy would sign,
+    # and no receiver could verify.
+    numbers = rsa_key.private_numbers()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = _pkcs1_pem(
+        other.private_numbers().public_numbers.n,
+        numbers.public_numbers.e,
+        numbers.d,
+        numbers.p,
+        numbers.q,
+    )
+    with pytest.raises(InvalidMailer, match="is inconsistent"):
+        build({"domain": DOMAIN, "selector": SELECTOR, "private_key": pem})
+
+
+def test_dkim_without_dkimpy_installed_fails_the_check(monkeypatch, private_pem):
+    monkeypatch.setitem(sys.modules, "dkim", None)  # import dkim: ImportError
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": "localhost", "dkim": dkim_option(private_pem)},
+            }
+        }
+    ):
+        errors = [
+            e
+            for e in checks.run_checks(tags=["mail"])
+            if e.id.startswith("django_mailkit.E")
+        ]
+    assert [e.id for e in errors] == ["django_mailkit.E008"]
+    assert "needs the dkimpy package" in errors[0].msg
+    assert "pip install 'django-mailkit[dkim]'" in errors[0].msg
