@@ -103,5 +103,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"demo": {"format": "  [%(name)s] %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "demo"}},
-    "loggers": {"django_mailkit": {"handlers": ["console"], "level": "WARNING"}},
+    "loggers": {
+        "django_mailkit": {"handlers": ["console"], "level": "WARNING"},
+        # Django 6's immediate task backend logs each task's start and end.
+        "django.tasks": {"level": "WARNING"},
+    },
 }

@@ -3,7 +3,8 @@
 
 Starts the mail sink, makes sure the demo admin user exists, starts a
 delivery worker (for retries), sends the sample messages through the outbox
-and serves the site with ``runserver`` on 127.0.0.1. With ``--smoke`` it
+(when the outbox is empty, or with ``--samples``) and serves the site with
+``runserver`` on 127.0.0.1. With ``--smoke`` it
 checks the admin over HTTP instead of serving, and exits (for CI).
 """
 
@@ -47,8 +48,16 @@ class Command(BaseCommand):
             action="store_true",
             help="Check the admin over HTTP on a free port, then exit.",
         )
-        parser.add_argument(
-            "--no-samples", action="store_true", help="Don't send the sample messages."
+        samples = parser.add_mutually_exclusive_group()
+        samples.add_argument(
+            "--samples",
+            action="store_true",
+            help="Send the sample messages, even if an earlier run sent them.",
+        )
+        samples.add_argument(
+            "--no-samples",
+            action="store_true",
+            help="Don't send the sample messages, even on the first run.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -65,10 +74,18 @@ class Command(BaseCommand):
         threading.Thread(target=worker.run, name="demo-worker", daemon=True).start()
         try:
             self.ensure_user()
-            if not options["no_samples"]:
+            # The samples go once: on the first run (the outbox is empty),
+            # or when asked. Running the demo again shows what is there.
+            earlier = OutboxMessage.objects.count()
+            if options["samples"] or not (earlier or options["no_samples"]):
                 self.stdout.write("Sending the sample messages through the outbox:")
                 send_samples()
                 self.report()
+            elif earlier:
+                self.stdout.write(
+                    f"The outbox has {earlier} messages from earlier runs; "
+                    "--samples sends the sample messages again."
+                )
             if options["smoke"]:
                 smoke_test(self.stdout.write)
                 self.stdout.write(self.style.SUCCESS("Smoke test passed."))
