@@ -79,11 +79,15 @@ def main() -> int:
         tree, dist = Path(tmp, "tree"), Path(tmp, "dist")
         copy_tree(tree)
         sources = source_files(tree)
-        subprocess.run(
+        build = subprocess.run(
             [sys.executable, "-m", "build", "--outdir", str(dist), str(tree)],
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if build.returncode:
+            print(build.stdout, build.stderr, sep="\n")
+            print(f"python -m build failed (exit {build.returncode})")
+            return 1
         wheels = sorted(dist.glob("*.whl"))
         sdists = sorted(dist.glob("*.tar.gz"))
         if len(wheels) != 1 or len(sdists) != 1:
