@@ -544,11 +544,13 @@ def failure_summary(
     obj: Any, recipients: list[Any], attempts: list[Any], max_attempts: int
 ) -> list[str]:
     """
-    Say why a failed or partially sent message failed: a permanent refusal
-    (a 5xx reply), or temporary failures until the retries ran out.
+    Say why a failed, partially sent or suppressed message was not sent to
+    everyone: suppressed recipients, a permanent refusal (a 5xx reply), or
+    temporary failures until the retries ran out.
     """
     failed = [r for r in recipients if r.status == "failed"]
-    if obj.status not in ("failed", "partial") or not failed:
+    suppressed = [r for r in recipients if r.status == "suppressed"]
+    if obj.status not in ("failed", "partial", "suppressed"):
         return []
     permanent = [r for r in failed if r.smtp_code and 500 <= r.smtp_code < 600]
     temporary = [r for r in failed if r.smtp_code and 400 <= r.smtp_code < 500]
@@ -559,6 +561,17 @@ def failure_summary(
     else:
         permanent += unknown
     lines = []
+    if suppressed:
+        lines.append(
+            ngettext(
+                "Suppressed: %(count)d recipient was on the suppression list, "
+                "so it was not sent to.",
+                "Suppressed: %(count)d recipients were on the suppression list, "
+                "so they were not sent to.",
+                len(suppressed),
+            )
+            % {"count": len(suppressed)}
+        )
     if permanent:
         lines.append(
             ngettext(

@@ -57,6 +57,7 @@ from .legacy import (
     ObjectAction,
     ObjectActionsMixin,
 )
+from .suppressions import suppression_url
 from .views import MessageViewsMixin
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         if obj is not None:
             if obj.status in FINAL_STATUSES:
                 hidden |= self.lease_fields
-            if obj.status not in (Status.FAILED, Status.PARTIAL):
+            if obj.status not in (Status.FAILED, Status.PARTIAL, Status.SUPPRESSED):
                 hidden.add("display_failure")
             if not obj.last_error:
                 hidden.add("last_error")
@@ -699,6 +700,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 "recipient": recipient,
                 "field": fields.get(recipient.address.lower(), "Bcc"),
                 "updated": when(recipient.updated_at),
+                "suppression_url": suppression_url(request, recipient, self.admin_site),
             }
             for recipient in obj.recipient_set.all()
         ]
