@@ -187,3 +187,13 @@ def use_tasks() -> bool:
 def task_backend() -> str:
     """MAILKIT['TASK_BACKEND']: the TASKS alias delivery tasks go to ("default")."""
     return _mailkit("TASK_BACKEND", "default", str)
+
+
+def unsubscribe_max_age_days() -> int:
+    """MAILKIT['UNSUBSCRIBE_MAX_AGE_DAYS']: how long an unsubscribe link works (90)."""
+    value = _mailkit("UNSUBSCRIBE_MAX_AGE_DAYS", 90, int)
+    if not value:
+        raise ImproperlyConfigured(
+            "MAILKIT['UNSUBSCRIBE_MAX_AGE_DAYS'] must be more than 0."
+        )
+    return value
