@@ -97,6 +97,7 @@ class Command(BaseCommand):
                 + f"  Admin:      {base}/admin/\n"
                 + f"  Log in as:  user {USERNAME!r}, password {PASSWORD!r}\n"
                 + f"  The outbox: {base}/admin/django_mailkit/outboxmessage/\n"
+                + f"  Suppressed: {base}/admin/django_mailkit/suppression/\n"
                 + f"  Mail sink:  127.0.0.1:{port}, messages saved in {sink_dir}\n"
                 + "  Stop with Ctrl-C.\n"
             )
@@ -284,10 +285,15 @@ def smoke_test(echo: Any) -> None:
         policy = response.headers["Content-Security-Policy"]
         assert "sandbox allow-same-origin" in policy and "allow-scripts" not in policy
         assert "data:image/png;base64," in page, "the inline image is not embedded"
+        _response, page = get("/admin/django_mailkit/suppression/")
+        assert "Suppressed addresses" in page, "the suppression list is missing"
         for asset in ("admin.css", "message.js"):
             response, _page = get(f"/static/django_mailkit/{asset}")
             assert response.status == 200, asset
-        echo(f"Checked over HTTP: login, the outbox, message {pk} and its preview.")
+        echo(
+            f"Checked over HTTP: login, the outbox, message {pk} and its preview, "
+            "the suppression list."
+        )
     finally:
         server.shutdown()
         server.server_close()
