@@ -328,6 +328,33 @@ def test_outbox_stores_unsigned_and_the_worker_signs(
         assert rest == stored
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_stored_message_that_cannot_be_signed_fails_unsent(smtp_server, private_pem):
+    # A tampered row: a header line dkimpy can't parse. It must fail with
+    # the reason recorded, not go out unsigned, and not be retried forever.
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": smtp_mailer(smtp_server, dkim_option(private_pem)),
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        mailers.default.send_messages([plain()])
+        record = OutboxMessage.objects.get()
+        OutboxMessage.objects.filter(pk=record.pk).update(
+            mime=b"not a header line\r\n" + bytes(record.mime)
+        )
+        Worker(once=True, interval=0).run()
+    record.refresh_from_db()
+    assert record.status == Status.FAILED
+    assert "DKIM signing failed" in record.last_error
+    assert smtp_server.deliveries == []
+
+
 # Configuration errors: one line naming the option, at build time and as a
 # system check at startup.
 
