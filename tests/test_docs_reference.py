@@ -14,7 +14,9 @@ What the code has is collected from the code itself:
   where the backend supports it;
 - legacy settings: each backend's ``legacy_settings`` mapping;
 - Django settings the package reads: ``settings.NAME``,
-  ``getattr(settings, "NAME")`` and ``legacy_setting("NAME")``.
+  ``getattr(settings, "NAME")`` and ``legacy_setting("NAME")``;
+- extras: ``[project.optional-dependencies]`` in pyproject.toml, each listed
+  on docs/installation.rst.
 
 A failure says what to add, where, and gives the reST to paste.
 """
@@ -26,6 +28,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import tomllib
 from pathlib import Path
 
 import django_mailkit
@@ -35,6 +38,7 @@ from django_mailkit.backends.base import BaseEmailBackend
 PACKAGE = Path(django_mailkit.__file__).resolve().parent
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SETTINGS_PAGE = DOCS / "ref" / "settings.rst"
+INSTALLATION_PAGE = DOCS / "installation.rst"
 CHECKS_PAGE = DOCS / "ref" / "checks.rst"
 
 # Parameters of a backend's __init__ that are not OPTIONS.
@@ -298,3 +302,20 @@ def test_every_setting_read_is_documented():
         "django_mailkit/ reads. Add each (as ``NAME``, with what it is used "
         "for) under 'Django settings it reads', or the section it belongs to."
     )
+
+
+# Extras.
+
+
+def test_every_extra_is_on_the_installation_page():
+    pyproject = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    text = INSTALLATION_PAGE.read_text()
+    listed = set(re.findall(r"^``([\w-]+)``\n    ", text, re.MULTILINE))
+    problems = [
+        f"docs/installation.rst: the extra {extra!r} (pyproject.toml) is not "
+        f"listed under 'Optional packages'. Add, in the extras' list:\n\n"
+        f"``{extra}``\n    <what it is for>: installs <its packages>."
+        for extra in sorted(set(extras) - listed)
+    ]
+    assert not problems, _report(problems)
