@@ -343,6 +343,12 @@ class EmailMessage:
     #: new dict.
     refused_recipients: Mapping[str, tuple[int, str]] = MappingProxyType({})
 
+    #: Through an outbox mailer: how urgent the message is, ``"bulk"``,
+    #: ``"default"`` or ``"high"``; None takes the mailer's ``priority``
+    #: OPTION. Workers send the most urgent due messages first. Other
+    #: backends send at once and ignore it.
+    priority: str | None = None
+
     @deprecation.keyword_only_after(
         "bcc", "connection", "attachments", "headers", "cc", "reply_to"
     )

@@ -3,9 +3,10 @@ The outbox: a persistent record of every message, its delivery attempts and
 the fate of each recipient.
 
 The schema is designed around the claim query (``OutboxMessageQuerySet.
-claim()``): queued messages that are due, oldest first, locked with SKIP
-LOCKED and leased to one worker. SMTP never happens inside a transaction;
-each state change is a short, conditional UPDATE.
+claim()``): queued messages that are due, the most urgent first and then
+the oldest, locked with SKIP LOCKED and leased to one worker. SMTP never
+happens inside a transaction; each state change is a short, conditional
+UPDATE.
 """
 
 from __future__ import annotations
@@ -42,6 +43,35 @@ class Status(models.TextChoices):
 FINAL_STATUSES = frozenset(
     {Status.SENT, Status.PARTIAL, Status.FAILED, Status.CANCELLED, Status.SUPPRESSED}
 )
+
+
+class Priority(models.IntegerChoices):
+    """
+    How urgent a queued message is: claims take the most urgent due first.
+
+    Set per outbox mailer (the ``priority`` OPTION) or per message
+    (``message.priority``), by name: ``"bulk"``, ``"default"`` or
+    ``"high"``. Stored as a number, with room between the levels.
+    """
+
+    BULK = 10, _("Bulk")
+    DEFAULT = 20, _("Default")
+    HIGH = 30, _("High")
+
+    @classmethod
+    def from_name(cls, name: object) -> Priority:
+        """The level called ``name``; ValueError naming the levels otherwise."""
+        if isinstance(name, cls):
+            return name
+        if isinstance(name, str) and name.upper() in cls.names and name.islower():
+            return cls[name.upper()]
+        levels = ", ".join(repr(level.lower()) for level in cls.names)
+        raise ValueError(f"must be one of {levels} (got {name!r}).")
+
+
+#: The order in which due messages are claimed: the most urgent first, then
+#: the longest due. ``mailkit_ready_idx`` has the same order.
+CLAIM_ORDER = ("-priority", "next_attempt_at", "id")
 
 
 class RecipientStatus(models.TextChoices):
@@ -108,14 +138,14 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         mailer: str | None = None,
         ids: list[int] | None = None,
     ) -> models.QuerySet[Any]:
-        """The claim query: ids of due messages, oldest due first, locked."""
+        """The claim query: ids of due messages in CLAIM_ORDER, locked."""
         candidates = self.ready(now)
         if mailer is not None:
             candidates = candidates.filter(mailer=mailer)
         if ids is not None:
             candidates = candidates.filter(id__in=ids)
         return (
-            candidates.order_by("next_attempt_at", "id")
+            candidates.order_by(*CLAIM_ORDER)
             .select_for_update(skip_locked=True, of=("self",))
             .values_list("id", flat=True)
         )
@@ -161,7 +191,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             return list(
                 qs.filter(id__in=locked, status=Status.SENDING, claimed_by=worker)
                 .defer("mime")
-                .order_by("next_attempt_at", "id")
+                .order_by(*CLAIM_ORDER)
             )
 
     # Operators' state changes. Each runs in one transaction on the write
@@ -278,6 +308,10 @@ class OutboxMessage(models.Model):
         related_name="resends",
         verbose_name=_("resent from"),
     )
+    #: Claims take the most urgent due messages first (see ``Priority``).
+    priority = models.SmallIntegerField(
+        _("priority"), choices=Priority.choices, default=Priority.DEFAULT
+    )
     #: Bumped by every claim: each write of a claimed message is fenced on
     #: it, so a worker whose lease was taken over can't write.
     claim_token = models.PositiveBigIntegerField(default=0, editable=False)
@@ -296,9 +330,10 @@ class OutboxMessage(models.Model):
             ("send_test_email", _("Can send a test email from the admin")),
         ]
         indexes = [
-            # The claim query: due queued messages, oldest due first.
+            # The claim query: due queued messages, most urgent first, then
+            # oldest due first (CLAIM_ORDER).
             models.Index(
-                fields=["next_attempt_at", "id"],
+                fields=list(CLAIM_ORDER),
                 condition=Q(status="queued"),
                 name="mailkit_ready_idx",
             ),
@@ -609,7 +644,7 @@ def resend_messages(
     """
     using = router.db_for_write(OutboxMessage)
     fields = ["queued_via", "mailer", "from_email", "subject", "message_id", "mime"]
-    fields += ["size"]
+    fields += ["size", "priority"]
     pairs: list[tuple[int, int]] = []
     with transaction.atomic(using=using):
         ids = sorted(queryset.using(using).values_list("pk", flat=True))

@@ -22,7 +22,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_mailkit import EmailMessage, mailers
-from django_mailkit.models import Attempt, OutboxMessage, Status
+from django_mailkit.models import Attempt, OutboxMessage, Priority, Status
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
@@ -249,8 +249,12 @@ def lock_timeout(value):
 
 
 def test_claim_query_uses_its_index(outbox_to):
-    """On a large table with few due rows, PostgreSQL plans the partial index."""
+    """
+    On a large table with few due rows, PostgreSQL plans the partial index,
+    read in the claim's order (priority, then due time): no sort.
+    """
     now = timezone.now()
+    priorities = [Priority.BULK, Priority.DEFAULT, Priority.HIGH]
     rows = [
         OutboxMessage(
             queued_via="default",
@@ -260,6 +264,7 @@ def test_claim_query_uses_its_index(outbox_to):
             mime=b"x",
             status=Status.QUEUED if i % 100 == 0 else Status.SENT,
             next_attempt_at=now - timedelta(seconds=i),
+            priority=priorities[i % 7 % 3],
         )
         for i in range(20000)
     ]
@@ -273,6 +278,7 @@ def test_claim_query_uses_its_index(outbox_to):
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "mailkit_ready_idx" in plan, plan
     assert "Seq Scan" not in plan, plan
+    assert "Sort" not in plan, plan
 
 
 def stopped(pid):

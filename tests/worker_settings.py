@@ -1,4 +1,4 @@
-"""Settings for worker subprocesses started by tests/test_concurrency.py."""
+"""Settings for worker subprocesses started by the concurrency tests."""
 
 import os
 
@@ -18,6 +18,13 @@ MAILERS = {
         },
     },
 }
+# The shared limits (tests/test_limits_concurrency.py), when a test sets them.
+if "MAILKIT_SINK_RATE" in os.environ:
+    MAILERS["smtp"]["OPTIONS"]["rate"] = os.environ["MAILKIT_SINK_RATE"]
+if "MAILKIT_SINK_MAX_CONNECTIONS_TOTAL" in os.environ:
+    MAILERS["smtp"]["OPTIONS"]["max_connections_total"] = int(
+        os.environ["MAILKIT_SINK_MAX_CONNECTIONS_TOTAL"]
+    )
 MAILKIT = {
     "USE_TASKS": False,
     "LEASE_SECONDS": float(os.environ.get("MAILKIT_LEASE_SECONDS", "60")),

@@ -42,8 +42,11 @@ class EmailBackend(BaseEmailBackend):
         *,
         deliver_using: str | None = None,
         suppress_on_permanent_failure: bool = DEFAULT_SUPPRESS_ON_PERMANENT_FAILURE,
+        priority: str = "default",
         **kwargs: Any,
     ) -> None:
+        from ..models import Priority
+
         super().__init__(**kwargs)
         if not isinstance(suppress_on_permanent_failure, bool):
             raise self.config_error(
@@ -62,6 +65,12 @@ class EmailBackend(BaseEmailBackend):
                 "deliver_using", "must name another mailer, not the outbox itself."
             )
         self.deliver_using = deliver_using
+        try:
+            #: The priority of the messages it queues (``message.priority``
+            #: overrides it).
+            self.priority = Priority.from_name(priority)
+        except ValueError as exc:
+            raise self.config_error("priority", str(exc)) from None
 
     def send_messages(self, email_messages: Sequence[Any]) -> int:
         """Store the messages; they are delivered after the transaction commits."""
@@ -70,7 +79,9 @@ class EmailBackend(BaseEmailBackend):
         # Build everything before touching the database: a message that
         # can't be built raises here, to the code that sent it.
         prepared = [
-            prepare(message) for message in email_messages if message.recipients()
+            prepare(message, default_priority=self.priority)
+            for message in email_messages
+            if message.recipients()
         ]
         if not prepared:
             return 0
@@ -99,6 +110,7 @@ class EmailBackend(BaseEmailBackend):
                         message_id=item["message_id"],
                         mime=item["mime"],
                         size=len(item["mime"]),
+                        priority=item["priority"],
                         created_at=now,
                         updated_at=now,
                         next_attempt_at=now,
@@ -118,8 +130,20 @@ class EmailBackend(BaseEmailBackend):
         return ids
 
 
-def prepare(message: Any) -> dict[str, Any]:
-    """Return what the outbox stores for ``message``: envelope and bytes."""
+def prepare(message: Any, *, default_priority: int | None = None) -> dict[str, Any]:
+    """Return what the outbox stores for ``message``: envelope, bytes, priority."""
+    from ..models import Priority
+
+    # Any message object may carry it (Django's own, too): checked first,
+    # so that a bad one fails before anything is rendered or stored.
+    priority = getattr(message, "priority", None)
+    if priority is None:
+        priority = Priority.DEFAULT if default_priority is None else default_priority
+    else:
+        try:
+            priority = Priority.from_name(priority)
+        except ValueError as exc:
+            raise ValueError(f"The message's priority {exc}") from None
     envelope = message_envelope(message)
     # The bytes go on the wire as they are: SMTP line ends, and UTF-8
     # headers only when an address needs SMTPUTF8 anyway.
@@ -131,6 +155,7 @@ def prepare(message: Any) -> dict[str, Any]:
         "subject": _subject(message),
         "message_id": message_id,
         "mime": mime,
+        "priority": priority,
     }
 
 
