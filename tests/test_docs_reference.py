@@ -17,6 +17,9 @@ What the code has is collected from the code itself:
   ``getattr(settings, "NAME")`` and ``legacy_setting("NAME")``;
 - extras: ``[project.optional-dependencies]`` in pyproject.toml, each listed
   on docs/installation.rst.
+- management commands: each ``--option`` of each command and subcommand
+  (their argparse parsers, Django's own options left out) must appear on a
+  docs page that names the command.
 
 A failure says what to add, where, and gives the reST to paste.
 """
@@ -318,4 +321,69 @@ def test_every_extra_is_on_the_installation_page():
         f"``{extra}``\n    <what it is for>: installs <its packages>."
         for extra in sorted(set(extras) - listed)
     ]
+    assert not problems, _report(problems)
+
+
+# Management commands.
+
+
+def command_options() -> dict[str, set[str]]:
+    """Each command (and subcommand) of the package, with its --options."""
+    import argparse
+
+    from django.core.management import find_commands, load_command_class
+    from django.core.management.base import BaseCommand
+
+    django_own = {
+        option
+        for action in BaseCommand().create_parser("manage.py", "x")._actions
+        for option in action.option_strings
+    }
+    found: dict[str, set[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        found[name] = set()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            found[name] |= {
+                option
+                for option in action.option_strings
+                if option.startswith("--") and option not in django_own
+            }
+
+    for name in find_commands(str(PACKAGE / "management")):
+        command = load_command_class("django_mailkit", name)
+        walk(command.create_parser("manage.py", name), name)
+    return found
+
+
+def test_every_command_option_is_documented():
+    pages = {
+        path.relative_to(DOCS.parent).as_posix(): path.read_text()
+        for path in sorted(DOCS.rglob("*.rst"))
+    }
+    found = command_options()
+    assert {"mailkit_worker", "mailkit_outbox list"} <= set(found)
+    problems = []
+    for name, options in sorted(found.items()):
+        command, *sub = name.split()
+        # Documented where the command is: any page that names it.
+        text = "\n".join(t for t in pages.values() if command in t)
+        if sub and not re.search(
+            rf"\b{command}\b[^\n]*\b{sub[0]}\b|^{sub[0]}\n[-=~^]", text, re.MULTILINE
+        ):
+            problems.append(
+                f"docs: 'manage.py {name}' is not documented. Describe it in the "
+                f"{command} section of docs/topics/commands.rst."
+            )
+        for option in sorted(options):
+            if not re.search(rf"{re.escape(option)}\b", text):
+                problems.append(
+                    f"docs: 'manage.py {name} {option}' is not documented. Add it "
+                    f"to the {command} section of docs/topics/commands.rst (or "
+                    "to the page that describes the command), with what it does "
+                    "and its default."
+                )
     assert not problems, _report(problems)
