@@ -204,8 +204,10 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
         With ``include_partial`` (the default), partially sent messages are
         requeued too, for their failed recipients only: a recipient the
-        server accepted is never sent to again. The retry budget starts
-        afresh; ``attempts`` keeps counting the whole history.
+        server accepted is never sent to again. Suppressed recipients are
+        tried too, and checked against the suppression list again (still
+        listed, they stay suppressed). The retry budget starts afresh;
+        ``attempts`` keeps counting the whole history.
         """
         statuses = [Status.FAILED]
         if include_partial:
@@ -225,7 +227,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 # SQLite (no row locks): the first write takes its lock.
                 Recipient.objects.using(db).filter(
                     message__in=candidates.filter(pk__in=ids),
-                    status=RecipientStatus.FAILED,
+                    status__in=(RecipientStatus.FAILED, RecipientStatus.SUPPRESSED),
                 ).update(status=RecipientStatus.PENDING, updated_at=now)
                 count += candidates.filter(pk__in=ids).update(
                     status=Status.QUEUED,

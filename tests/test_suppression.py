@@ -276,3 +276,25 @@ def test_suppress_is_idempotent():
     first = Suppression.objects.get(mailer="")
     assert first.reason == "imported"
     assert first.created_at <= timezone.now()
+
+
+def test_unsuppress_then_requeue_sends_to_the_address_again(server):
+    suppress(["back@example.com"], reason=SuppressionReason.UNSUBSCRIBED)
+    record = send("m", ["a@example.com", "back@example.com"])
+    deliver()
+    record.refresh_from_db()
+    assert record.status == Status.PARTIAL
+    # Requeued while still listed: checked again, still suppressed.
+    assert record.requeue()
+    deliver()
+    record.refresh_from_db()
+    assert record.status == Status.PARTIAL
+    assert rcpt_to(server) == ["a@example.com"]
+    # Taken off the list: the requeue reaches it, and only it.
+    Suppression.objects.all().delete()
+    assert record.requeue()
+    deliver()
+    record.refresh_from_db()
+    assert record.status == Status.SENT
+    assert rcpt_to(server) == ["a@example.com", "back@example.com"]
+    assert states(record)["back@example.com"][:2] == (RecipientStatus.SENT, 250)
