@@ -39,7 +39,13 @@ from .exceptions import InvalidAddress
 from .models import SuppressionReason
 from .suppression import normalise, suppress
 
-__all__ = ["add_list_unsubscribe", "make_token", "read_token", "unsubscribe_view"]
+__all__ = [
+    "InvalidToken",
+    "add_list_unsubscribe",
+    "make_token",
+    "read_token",
+    "unsubscribe_view",
+]
 
 SALT = "django_mailkit.unsubscribe"
 #: The body of a one-click POST (RFC 8058 section 3.2).

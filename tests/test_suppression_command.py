@@ -232,3 +232,24 @@ def test_export_filters():
         "address",
         "b@example.com",
     ]
+
+
+def test_mailkit_outbox_show_says_why_a_recipient_was_suppressed():
+    from django_mailkit import EmailMessage, mailers
+    from django_mailkit.models import OutboxMessage
+    from django_mailkit.worker import Worker
+
+    suppress(["ann@example.com"], reason="unsubscribed", source="one-click\x1b[2J")
+    message = EmailMessage("Hi", "body", "f@example.com", ["ann@example.com"])
+    with override_settings(MAILKIT={"USE_TASKS": False}):
+        assert mailers["default"].send_messages([message]) == 1
+        Worker(once=True, interval=0).run()
+    record = OutboxMessage.objects.get()
+    out = io.StringIO()
+    call_command("mailkit_outbox", "show", str(record.pk), stdout=out)
+    (line,) = [x for x in out.getvalue().splitlines() if "ann@example.com:" in x]
+    assert line.startswith(
+        "    ann@example.com: suppressed (Suppressed for every mailer"
+    )
+    # The stored reason was cleaned when written: no escape reaches a terminal.
+    assert "Unsubscribed; source: one-click\ufffd[2J." in line

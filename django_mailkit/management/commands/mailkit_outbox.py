@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from ... import conf
 from ...handler import mailers
-from ...models import FINAL_STATUSES, OutboxMessage, Status
+from ...models import FINAL_STATUSES, OutboxMessage, RecipientStatus, Status
 from ..options import MAX_COUNT, MAX_DAYS, MAX_ID, mailer_alias, printable, whole_number
 
 STATUSES = [value for value, _ in Status.choices]
@@ -108,6 +108,8 @@ class Command(BaseCommand):
         out.write("  Recipients:")
         for r in m.recipient_set.all():
             reply = f" {r.smtp_code} {p(r.smtp_reply)}" if r.smtp_code else ""
+            if r.status == RecipientStatus.SUPPRESSED and r.smtp_reply:
+                reply = f" ({p(r.smtp_reply)})"  # why: no server said anything
             out.write(f"    {p(r.address)}: {r.status}{reply}")
         out.write("  Attempts:")
         for a in m.attempt_set.all():
