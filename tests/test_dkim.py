@@ -153,6 +153,14 @@ def test_direct_smtp_signatures_verify(smtp_server, private_pem, dns, profile):
     [delivery] = smtp_server.deliveries
     assert delivery.data.startswith(b"DKIM-Signature: ")
     assert verifies(delivery.data, dns)
+    # CRLF line ends throughout, the signature's folding included, and no
+    # line over RFC 5322's limit: what a receiver hashes is what was signed.
+    data = delivery.data
+    assert data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    # SIZE= announced the signed message's size.
+    sizes = [o for o in delivery.mail_options if o.startswith("SIZE=")]
+    assert sizes == [f"SIZE={len(data)}"]
     tags = signature_tags(delivery.data)
     assert tags["d"] == DOMAIN and tags["s"] == SELECTOR
     assert tags["a"] == "rsa-sha256" and tags["c"] == "relaxed/relaxed"
@@ -521,6 +529,30 @@ def test_bad_keys_fail_the_system_check_at_startup(tmp_path):
         assert [e.id for e in errors] == ["django_mailkit.E008"], key
         assert errors[0].msg.startswith("MAILERS['default']['OPTIONS']['dkim']: ")
         assert expected in errors[0].msg, (expected, errors[0].msg)
+
+
+@pytest.mark.django_db  # the model checks ask the database what it supports
+def test_the_worker_does_not_start_with_a_bad_key():
+    # mailkit_worker runs the system checks first: a bad key stops it at
+    # startup, before it claims (and fails) any message.
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    option = {"domain": DOMAIN, "selector": SELECTOR, "private_key": "not a key"}
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": "localhost", "timeout": 5, "dkim": option},
+            },
+        },
+    ):
+        with pytest.raises(SystemCheckError, match="django_mailkit.E008"):
+            call_command("mailkit_worker", "--once", skip_checks=False)
 
 
 def test_an_inconsistent_key_fails_the_check(rsa_key):
