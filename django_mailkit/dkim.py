@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,8 @@ class DKIMSigner:
 
     domain: bytes
     selector: bytes
-    #: The PEM private key, as dkimpy reads it.
-    private_key: bytes
+    #: The PEM private key, as dkimpy reads it (never in a repr or a log).
+    private_key: bytes = field(repr=False)
     #: The header names to sign, lower-cased, in order (a name listed twice
     #: is oversigned); None: the default (see the module's docstring).
     headers: tuple[bytes, ...] | None = None
@@ -96,6 +96,8 @@ class DKIMSigner:
         """
         import dkim
 
+        if not data.strip():
+            raise SigningError("DKIM signing failed: the message is empty.")
         try:
             signer = dkim.DKIM(data, linesep=b"\r\n")
             headers = self.headers
@@ -116,8 +118,10 @@ class DKIMSigner:
                 canonicalize=CANONICALIZATION,
                 include_headers=list(headers),
             )
-        except dkim.DKIMException as exc:
-            raise SigningError(f"DKIM signing failed: {exc}") from exc
+        except (dkim.DKIMException, IndexError, ValueError) as exc:
+            # dkimpy's parser raises IndexError on some malformed header
+            # blocks (a first line that is a continuation).
+            raise SigningError(f"DKIM signing failed: {exc!r}") from exc
         return bytes(signature) + data
 
 

@@ -338,7 +338,18 @@ def test_outbox_stores_unsigned_and_the_worker_signs(
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_a_stored_message_that_cannot_be_signed_fails_unsent(smtp_server, private_pem):
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda mime: b"not a header line\r\n" + mime,
+        lambda mime: b" a continuation first\r\n" + mime,
+        lambda mime: b"",
+    ],
+    ids=["no-colon", "continuation", "empty"],
+)
+def test_a_stored_message_that_cannot_be_signed_fails_unsent(
+    smtp_server, private_pem, tamper
+):
     # A tampered row: a header line dkimpy can't parse. It must fail with
     # the reason recorded, not go out unsigned, and not be retried forever.
     with override_settings(
@@ -354,7 +365,7 @@ def test_a_stored_message_that_cannot_be_signed_fails_unsent(smtp_server, privat
         mailers.default.send_messages([plain()])
         record = OutboxMessage.objects.get()
         OutboxMessage.objects.filter(pk=record.pk).update(
-            mime=b"not a header line\r\n" + bytes(record.mime)
+            mime=tamper(bytes(record.mime))
         )
         Worker(once=True, interval=0).run()
     record.refresh_from_db()
