@@ -4,15 +4,16 @@ The outbox's hand-written SQL: the per-message writes of a worker.
 ``begin_attempt_returning()`` counts the attempt and loads the bytes in one
 fenced UPDATE ... RETURNING (PostgreSQL, SQLite 3.35+).
 
-``record_attempt_postgresql()`` is the one-statement form of
-``OutboxMessage.record_attempt()``. It runs once per delivered message, so
-on PostgreSQL the message, its recipients and its Attempt row go in one
-statement (data-modifying CTEs), one round trip, through Django's cursor
-(query logging and ``connection.execute_wrapper()`` see it). The message
-UPDATE is the fence: the recipients' UPDATE and the Attempt INSERT read its
-RETURNING rows, so if the claim token no longer matches, nothing at all is
-written. It can also begin the next message's attempt: one round trip per
-message in all.
+``record_attempts_postgresql()`` is the one-statement form of
+``OutboxMessageQuerySet.record_attempts()``: the outcomes of a group of
+messages (each message's row, its recipients and its Attempt row) and the
+start of the next group's attempts, in one statement (data-modifying CTEs
+over arrays), one round trip, through Django's cursor (query logging and
+``connection.execute_wrapper()`` see it). Every row is fenced on its own
+message's claim token: the message UPDATE is the fence, and the recipients'
+UPDATE and the Attempt INSERT join its RETURNING rows, so for a message
+whose claim token no longer matches nothing at all is written, while the
+rest of the group is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections
+from django.db import connections, models
 from django.db.models import Field
 
 if TYPE_CHECKING:
@@ -117,122 +118,193 @@ def _read_in_pieces(cursor: Any, record: OutboxMessage, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def record_attempt_postgresql(
-    record: OutboxMessage,
-    attempt: AttemptRecord,
-    fields: dict[str, Any],
+def record_attempts_postgresql(
+    changes: list[tuple[OutboxMessage, AttemptRecord, dict[str, Any]]],
     db: str,
     *,
-    then_begin: tuple[OutboxMessage, datetime, datetime] | None = None,
-) -> tuple[bool, tuple[int, bytes] | None]:
+    then_begin: list[OutboxMessage],
+    now: datetime,
+    expires: datetime,
+) -> tuple[set[int], dict[int, tuple[int, bytes]]]:
     """
-    Write the attempt in one statement; False (nothing written) if fenced out.
+    Record a group of attempts, and begin the next group, in one statement.
 
-    With ``then_begin`` (a message, now, its lease's end), the same statement
-    also does that message's ``begin_attempt()`` UPDATE, and its result (or
-    None if fenced out) comes second.
+    ``changes`` are (message, attempt, the message's new field values).
+    Every row is fenced on its own message's claim token: a message whose
+    lease was lost matches nothing, so neither its recipients nor its
+    Attempt row are written; the others are. Then each of ``then_begin``
+    has its attempt counted and its lease renewed, fenced the same way, and
+    its bytes come back. Returns the ids recorded, and {id: (attempts,
+    bytes)} for the messages begun.
     """
-    rows = attempt.recipients
-    states = set(rows.values())
-    # Usually every recipient has the same result: a plain UPDATE does.
-    shape = "uniform" if len(states) == 1 else "mixed" if rows else "none"
-    sql = _statement(db, shape, tuple(fields), then_begin is not None)
-    params: list[Any] = list(fields.values())
-    params += [record.pk, record.claim_token]
-    if shape == "uniform":
-        ((status, code, reply),) = states
-        params += [status, code, reply, attempt.finished_at, list(rows)]
-    elif shape == "mixed":
-        addresses = list(rows)
-        params += [
-            attempt.finished_at,
-            addresses,
-            [rows[a][0] for a in addresses],
-            [rows[a][1] for a in addresses],
-            [rows[a][2] for a in addresses],
+    from .models import OutboxMessage
+
+    connection = connections[db]
+    meta = OutboxMessage._meta
+    names = tuple(sorted({name for _r, _a, fields in changes for name in fields}))
+    sql = _statement(db, names, bool(changes), bool(then_begin))
+    params: list[Any] = []
+    if changes:
+        params += [[record.pk for record, _a, _f in changes]]
+        params += [[record.claim_token for record, _a, _f in changes]]
+        for name in names:
+            model_field = meta.get_field(name)
+            assert isinstance(model_field, Field)
+            # Whether the message sets the column, and to what.
+            params.append([name in fields for _r, _a, fields in changes])
+            params.append(
+                [
+                    model_field.get_db_prep_value(fields.get(name), connection)
+                    if name in fields
+                    else None
+                    for _r, _a, fields in changes
+                ]
+            )
+        rows = [
+            (record.pk, address, state)
+            for record, attempt, _f in changes
+            for address, state in attempt.recipients.items()
         ]
-    values = attempt.attempt_fields(record.attempts)
-    params += [values[name] for name in _ATTEMPT_FIELDS[1:-1]]
-    params.append(json.dumps(values["recipients"]))
-    if then_begin is not None:
-        following, now, expires = then_begin
-        params += [expires, now, following.pk, following.claim_token, INLINE_BYTES]
-    with connections[db].cursor() as cursor:
+        params += [
+            [pk for pk, _address, _state in rows],
+            [address for _pk, address, _state in rows],
+            [str(state[0]) for _pk, _address, state in rows],
+            [state[1] for _pk, _address, state in rows],
+            [state[2] for _pk, _address, state in rows],
+            [
+                attempt.finished_at
+                for _record, attempt, _f in changes
+                for _address in attempt.recipients
+            ],
+        ]
+        values = [
+            attempt.attempt_fields(record.attempts) for record, attempt, _f in changes
+        ]
+        params.append([record.pk for record, _a, _f in changes])
+        for name in _ATTEMPT_FIELDS[1:-1]:
+            params.append(
+                [str(v[name]) if name == "outcome" else v[name] for v in values]
+            )
+        params.append([json.dumps(v["recipients"]) for v in values])
+    if then_begin:
+        params += [
+            connection.ops.adapt_datetimefield_value(expires),
+            connection.ops.adapt_datetimefield_value(now),
+            [message.pk for message in then_begin],
+            [message.claim_token for message in then_begin],
+            INLINE_BYTES,
+        ]
+    written: set[int] = set()
+    begun: dict[int, tuple[int, bytes]] = {}
+    by_pk = {message.pk: message for message in then_begin}
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-        begun: tuple[int, bytes] | None = None
-        if then_begin is not None and row[1] is not None:
-            _written, attempts, size, mime = row
-            if mime is None:
-                mime = _read_in_pieces(cursor, then_begin[0], size or 0)
-            begun = (attempts, bytes(mime))
-    return bool(row[0]), begun
+        large = []
+        for kind, pk, attempts, size, mime in cursor.fetchall():
+            if kind == "w":
+                written.add(pk)
+            elif mime is None:
+                large.append((pk, attempts, size))
+            else:
+                begun[pk] = (attempts, bytes(mime))
+        for pk, attempts, size in large:
+            begun[pk] = (attempts, _read_in_pieces(cursor, by_pk[pk], size or 0))
+    return written, begun
 
 
 @functools.cache
 def _statement(
-    db: str, shape: str, field_names: tuple[str, ...], then_begin: bool
+    db: str, field_names: tuple[str, ...], record: bool, then_begin: bool
 ) -> str:
     from .models import Attempt, OutboxMessage, Recipient, RecipientStatus
 
-    quote = connections[db].ops.quote_name
+    connection = connections[db]
+    quote = connection.ops.quote_name
     r_meta, a_meta, m_meta = Recipient._meta, Attempt._meta, OutboxMessage._meta
+    message_table = quote(m_meta.db_table)
 
     def col(meta: Options[Any], name: str) -> str:
         return quote(column(meta, name))
 
-    assignments = ", ".join(f"{col(m_meta, name)} = %s" for name in field_names)
-    # By primary key and token only: the plan never depends on how many
-    # messages are in flight (see OutboxMessage._fenced()).
-    ctes = [
-        f"msg AS (UPDATE {quote(m_meta.db_table)} SET {assignments} "
-        f"WHERE {col(m_meta, 'id')} = %s AND {col(m_meta, 'claim_token')} = %s "
-        f"RETURNING {col(m_meta, 'id')} AS id)"
-    ]
-    still_pending = (
-        f"r.{col(r_meta, 'status')} IN "
-        f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}')"
-    )
-    if shape == "uniform":
-        ctes.append(
-            f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
-            f"{col(r_meta, 'status')} = %s, {col(r_meta, 'smtp_code')} = %s, "
-            f"{col(r_meta, 'smtp_reply')} = %s, {col(r_meta, 'updated_at')} = %s "
-            f"FROM msg WHERE r.{col(r_meta, 'message')} = msg.id "
-            f"AND r.{col(r_meta, 'address')} = ANY(%s::text[]) AND {still_pending})"
+    def db_type(meta: Options[Any], name: str) -> str:
+        model_field = meta.get_field(name)
+        assert isinstance(model_field, Field)
+        if isinstance(model_field, models.ForeignKey):
+            model_field = model_field.target_field
+        return str(model_field.rel_db_type(connection))
+
+    ctes = []
+    selects = []
+    if record:
+        # Each message's row, by primary key and claim token only: the plan
+        # never depends on how many messages are in flight, and a message
+        # whose lease was lost matches nothing. A column a message doesn't
+        # set keeps its value.
+        assignments = ", ".join(
+            f"{col(m_meta, name)} = CASE WHEN v.set_{i} THEN v.value_{i} "
+            f"ELSE m.{col(m_meta, name)} END"
+            for i, name in enumerate(field_names)
         )
-    elif shape == "mixed":
+        arrays = ", ".join(
+            f"%s::boolean[], %s::{db_type(m_meta, name)}[]" for name in field_names
+        )
+        aliases = ", ".join(f"set_{i}, value_{i}" for i in range(len(field_names)))
+        ctes.append(
+            f"msg AS (UPDATE {message_table} AS m SET {assignments} "
+            f"FROM unnest(%s::bigint[], %s::bigint[], {arrays}) "
+            f"AS v(id, token, {aliases}) "
+            f"WHERE m.{col(m_meta, 'id')} = v.id "
+            f"AND m.{col(m_meta, 'claim_token')} = v.token "
+            f"RETURNING m.{col(m_meta, 'id')} AS id)"
+        )
+        # Recipients still pending or deferred, of the messages written.
         ctes.append(
             f"rcpt AS (UPDATE {quote(r_meta.db_table)} AS r SET "
-            f"{col(r_meta, 'status')} = v.status, {col(r_meta, 'smtp_code')} = v.code, "
-            f"{col(r_meta, 'smtp_reply')} = v.reply, {col(r_meta, 'updated_at')} = %s "
-            "FROM msg, unnest(%s::text[], %s::text[], %s::int[], %s::text[]) "
-            "AS v(address, status, code, reply) "
-            f"WHERE r.{col(r_meta, 'message')} = msg.id "
+            f"{col(r_meta, 'status')} = v.status, "
+            f"{col(r_meta, 'smtp_code')} = v.code, "
+            f"{col(r_meta, 'smtp_reply')} = v.reply, "
+            f"{col(r_meta, 'updated_at')} = v.updated_at "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::integer[], "
+            "%s::text[], %s::timestamptz[]) "
+            "AS v(message_id, address, status, code, reply, updated_at) "
+            "JOIN msg ON msg.id = v.message_id "
+            f"WHERE r.{col(r_meta, 'message')} = v.message_id "
             f"AND r.{col(r_meta, 'address')} = v.address "
-            f"AND {still_pending})"
+            f"AND r.{col(r_meta, 'status')} IN "
+            f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}'))"
         )
-    attempt_columns = ", ".join(quote(column(a_meta, name)) for name in _ATTEMPT_FIELDS)
-    ctes.append(
-        f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
-        "SELECT msg.id, %s::integer, %s::timestamptz, %s::timestamptz, %s::text, "
-        "%s::text, %s::integer, %s::text, %s::text, %s::jsonb FROM msg)"
-    )
-    if not then_begin:
-        return f"WITH {', '.join(ctes)} SELECT count(*) FROM msg"
-    # The next message's begin_attempt(), fenced on its own token.
-    ctes.append(
-        f"nxt AS (UPDATE {quote(m_meta.db_table)} SET "
-        f"{col(m_meta, 'attempts')} = {col(m_meta, 'attempts')} + 1, "
-        f"{col(m_meta, 'lease_expires_at')} = %s, {col(m_meta, 'updated_at')} = %s "
-        f"WHERE {col(m_meta, 'id')} = %s AND {col(m_meta, 'claim_token')} = %s "
-        f"RETURNING {col(m_meta, 'attempts')} AS attempts, "
-        f"octet_length({col(m_meta, 'mime')}) AS size, "
-        f"CASE WHEN octet_length({col(m_meta, 'mime')}) <= %s "
-        f"THEN {col(m_meta, 'mime')} END AS mime)"
-    )
-    return (
-        f"WITH {', '.join(ctes)} SELECT (SELECT count(*) FROM msg), "
-        "nxt.attempts, nxt.size, nxt.mime FROM (SELECT 1) AS one "
-        "LEFT JOIN nxt ON true"
-    )
+        attempt_columns = ", ".join(
+            quote(column(a_meta, name)) for name in _ATTEMPT_FIELDS
+        )
+        ctes.append(
+            f"att AS (INSERT INTO {quote(a_meta.db_table)} ({attempt_columns}) "
+            "SELECT v.message_id, v.number, v.started_at, v.finished_at, v.worker, "
+            "v.outcome, v.smtp_code, v.smtp_reply, v.error, v.recipients "
+            "FROM unnest(%s::bigint[], %s::integer[], %s::timestamptz[], "
+            "%s::timestamptz[], %s::text[], %s::text[], %s::integer[], %s::text[], "
+            "%s::text[], %s::jsonb[]) AS v(message_id, number, started_at, "
+            "finished_at, worker, outcome, smtp_code, smtp_reply, error, "
+            "recipients) "
+            "JOIN msg ON msg.id = v.message_id)"
+        )
+        selects.append(
+            "SELECT 'w', id, NULL::integer, NULL::integer, NULL::bytea FROM msg"
+        )
+    if then_begin:
+        # The next messages' begin_attempt(), each fenced on its own token.
+        ctes.append(
+            f"nxt AS (UPDATE {message_table} AS m SET "
+            f"{col(m_meta, 'attempts')} = m.{col(m_meta, 'attempts')} + 1, "
+            f"{col(m_meta, 'lease_expires_at')} = %s, "
+            f"{col(m_meta, 'updated_at')} = %s "
+            "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, token) "
+            f"WHERE m.{col(m_meta, 'id')} = v.id "
+            f"AND m.{col(m_meta, 'claim_token')} = v.token "
+            f"RETURNING m.{col(m_meta, 'id')} AS id, "
+            f"m.{col(m_meta, 'attempts')} AS attempts, "
+            f"octet_length(m.{col(m_meta, 'mime')}) AS size, "
+            f"CASE WHEN octet_length(m.{col(m_meta, 'mime')}) <= %s "
+            f"THEN m.{col(m_meta, 'mime')} END AS mime)"
+        )
+        selects.append("SELECT 'b', id, attempts, size, mime FROM nxt")
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"

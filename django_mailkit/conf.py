@@ -174,6 +174,22 @@ def batch_size() -> int:
     return max(1, _mailkit("BATCH_SIZE", 100, int))
 
 
+def record_group_size() -> int:
+    """
+    MAILKIT['RECORD_GROUP_SIZE']: a worker writes the outcomes of up to this
+    many delivered messages in one statement (20); 1 writes each at once.
+    """
+    return max(1, _mailkit("RECORD_GROUP_SIZE", 20, int))
+
+
+def record_group_seconds() -> float:
+    """
+    MAILKIT['RECORD_GROUP_SECONDS']: an outcome waits at most this long for
+    the rest of its group before it is written (0.5).
+    """
+    return float(_mailkit("RECORD_GROUP_SECONDS", 0.5, (int, float)))
+
+
 def retention_days() -> int:
     """MAILKIT['RETENTION_DAYS']: default age for ``mailkit_outbox purge`` (30)."""
     return _mailkit("RETENTION_DAYS", 30, int)

@@ -28,6 +28,7 @@ import email.policy
 import enum
 import logging
 import smtplib
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -199,10 +200,17 @@ def deliver_batch(
     """
     Deliver messages leased to ``worker``, one connection per mailer.
 
-    ``should_stop`` is asked before each message; once it says yes, the
-    remaining messages are released to the queue untried. Each message is
-    charged its attempt (and its lease renewed, and its bytes loaded) right
-    before it is sent; a message whose lease was lost meanwhile is not sent.
+    The messages go in groups (``_group()``): a group's attempts are
+    counted, its leases renewed and its bytes loaded together, right before
+    its first message is sent, and a message whose lease was lost meanwhile
+    is not sent. Outcomes are written a group at a time, together with the
+    start of the next group (``OutboxMessageQuerySet.record_attempts()``),
+    or sooner once the oldest unwritten one is ``RECORD_GROUP_SECONDS``
+    old: that is the accepted-but-not-recorded window (docs/topics/outbox).
+
+    ``should_stop`` is asked before and after each message; once it says
+    yes, the outcomes so far are written and the remaining messages are
+    released to the queue untried (uncharged).
     """
     lease = lease or timedelta(seconds=conf.lease_seconds())
     result = BatchResult()
@@ -233,27 +241,31 @@ def deliver_batch(
     for message_id, skipped in suppressed.items():
         pending[message_id] = [a for a in pending[message_id] if a not in skipped]
     stopping = should_stop or (lambda: False)
-    # Whether the previous message's record also began this one's attempt
-    # (None: it didn't try).
-    begun: bool | None = None
+    recorder = _Recorder(worker, lease, result)
+    # Messages of the groups begun so far: True if this worker's attempt
+    # was counted (it holds the lease), False if the lease was lost.
+    begun: dict[int, bool] = {}
     try:
         for index, record in enumerate(messages):
-            begun_before, begun = begun, None
             if stopping():
-                if record.release(begun=bool(begun_before)):
-                    result.add(Result.RELEASED, record.pk)
-                else:
-                    result.add(Result.LEASE_LOST, record.pk)
-                continue
-            started = timezone.now()
+                recorder.flush()
+                for rest in messages[index:]:
+                    if rest.release(begun=begun.get(rest.pk, False)):
+                        result.add(Result.RELEASED, rest.pk)
+                    else:
+                        result.add(Result.LEASE_LOST, rest.pk)
+                break
+            if record.pk not in begun:
+                begun.update(recorder.flush(then_begin=_group(messages, index)))
+            elif recorder.due():
+                recorder.flush()
             # The fence before the send: a worker paused past its lease
             # learns here that the message is someone else's now.
-            if begun_before is None:
-                begun_before = record.begin_attempt(lease)
-            if not begun_before:
+            if not begun[record.pk] or not _lease_held(record, lease):
                 _lease_lost(record, worker, "before sending")
                 result.add(Result.LEASE_LOST, record.pk)
                 continue
+            started = timezone.now()
             backend: BaseEmailBackend | Exception | None = None
             try:
                 if pending[record.pk]:
@@ -279,29 +291,127 @@ def deliver_batch(
                 suppressed=suppressed.get(record.pk, {}),
                 suppressed_before=record.pk in suppressed_before,
             )
-            following = None
-            if index + 1 < len(messages) and not stopping():
-                following = messages[index + 1]
-            try:
-                written, begun_next = record.record_attempt_then_begin(
-                    attempt, following, lease
-                )
-            except Exception as exc:
-                # The message went out but its outcome could not be written:
-                # finish it with what can be, rather than leave it to lease
-                # recovery, which would send it again (and again).
-                attempt, written = _finish_unrecorded(record, attempt, exc)
-                begun_next = False
-            if following is not None:
-                begun = begun_next
-            if not written:
+            recorder.add(record, attempt, outcome)
+            if index + 1 < len(messages) and stopping():
+                recorder.flush()  # the release follows at the next message
+        recorder.flush()
+    finally:
+        for backend in connections.values():
+            _close(backend)
+    return result
+
+
+#: A group's messages are loaded together: at most this many bytes in all.
+#: A larger message is a group of its own (and is read in pieces).
+GROUP_BYTES = 1 << 20
+
+
+def _group(messages: list[OutboxMessage], index: int) -> list[OutboxMessage]:
+    """
+    The messages begun together from ``messages[index]``: at most
+    ``RECORD_GROUP_SIZE`` of them, ``GROUP_BYTES`` in all.
+
+    A message already charged an attempt (a retry, or one recovered from a
+    worker that died) goes alone: if it is what killed that worker, it must
+    not take a group's attempts down with it again.
+    """
+    size = conf.record_group_size()
+    group: list[OutboxMessage] = []
+    total = 0
+    for record in messages[index : index + size]:
+        alone = (
+            record.size is None
+            or record.size > GROUP_BYTES
+            or record.attempts > record.requeued_attempts
+        )
+        if alone or total + (record.size or 0) > GROUP_BYTES:
+            return group or [record]
+        group.append(record)
+        total += record.size or 0
+    return group
+
+
+def _lease_held(record: OutboxMessage, lease: timedelta) -> bool:
+    """Renew the lease (fenced) once half of it is spent; False if lost."""
+    expires = record.lease_expires_at
+    if expires is not None and timezone.now() < expires - lease / 2:
+        return True
+    return record.renew_lease(lease)
+
+
+class _Recorder:
+    """
+    Outcomes not written yet, and the writes: a group at a time, with the
+    start of the next group, or once the oldest is RECORD_GROUP_SECONDS old.
+    """
+
+    def __init__(self, worker: str, lease: timedelta, result: BatchResult) -> None:
+        self.worker = worker
+        self.lease = lease
+        self.result = result
+        self.seconds = conf.record_group_seconds()
+        self.unwritten: list[tuple[OutboxMessage, AttemptRecord]] = []
+        self.outcomes: dict[int, Outcome] = {}
+        self.oldest = 0.0
+
+    def add(
+        self, record: OutboxMessage, attempt: AttemptRecord, outcome: Outcome
+    ) -> None:
+        if not self.unwritten:
+            self.oldest = time.monotonic()
+        self.unwritten.append((record, attempt))
+        self.outcomes[record.pk] = outcome
+        if self.due():
+            self.flush()
+
+    def due(self) -> bool:
+        # (There are never more than a group's: each group's first
+        # message writes the previous group's outcomes.)
+        return bool(self.unwritten) and (time.monotonic() - self.oldest >= self.seconds)
+
+    def flush(self, then_begin: list[OutboxMessage] | None = None) -> dict[int, bool]:
+        """Write what is unwritten, then begin ``then_begin``; who was begun."""
+        outcomes, self.unwritten = self.unwritten, []
+        then_begin = then_begin or []
+        if not outcomes and not then_begin:
+            return {}
+        try:
+            written, begun = OutboxMessage.objects.record_attempts(
+                outcomes, then_begin=then_begin, lease=self.lease
+            )
+        except Exception:
+            if not outcomes:
+                raise
+            # Nothing of it was written. Each message alone, so that one bad
+            # row doesn't keep the others' outcomes from being recorded.
+            written = set()
+            recorded = []
+            for record, attempt in outcomes:
+                try:
+                    written |= OutboxMessage.objects.record_attempts(
+                        [(record, attempt)]
+                    )[0]
+                except Exception as alone:
+                    attempt, finished = _finish_unrecorded(record, attempt, alone)
+                    if finished:
+                        written.add(record.pk)
+                recorded.append((record, attempt))
+            outcomes = recorded
+            begun = set()
+            if then_begin:
+                begun = OutboxMessage.objects.record_attempts(
+                    [], then_begin=then_begin, lease=self.lease
+                )[1]
+        for record, attempt in outcomes:
+            outcome = self.outcomes.pop(record.pk, None)
+            if record.pk not in written:
                 # Sent, but another worker holds the message now: its record
                 # stands (docs/topics/outbox.rst, on the one window for a
                 # duplicate).
-                _lease_lost(record, worker, "after sending")
-                result.add(Result.LEASE_LOST, record.pk)
+                _lease_lost(record, self.worker, "after sending")
+                self.result.add(Result.LEASE_LOST, record.pk)
                 continue
-            if outcome.refused_at_rcpt:
+            if outcome is not None and outcome.refused_at_rcpt:
                 _suppress_refused(record, outcome)
             if attempt.outcome != Kind.SENT:
                 logger.warning(
@@ -310,11 +420,8 @@ def deliver_batch(
                     attempt.outcome.label,
                     attempt.error,
                 )
-            result.add(_RESULTS[attempt.outcome], record.pk)
-    finally:
-        for backend in connections.values():
-            _close(backend)
-    return result
+            self.result.add(_RESULTS[attempt.outcome], record.pk)
+        return {message.pk: message.pk in begun for message in then_begin}
 
 
 def _suppress_refused(record: OutboxMessage, outcome: Outcome) -> None:

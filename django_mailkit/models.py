@@ -14,7 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -193,6 +193,59 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 .defer("mime")
                 .order_by(*CLAIM_ORDER)
             )
+
+    def record_attempts(
+        self,
+        outcomes: Sequence[tuple[OutboxMessage, AttemptRecord]],
+        *,
+        then_begin: Sequence[OutboxMessage] = (),
+        lease: timedelta | None = None,
+    ) -> tuple[set[int], set[int]]:
+        """
+        Record several attempts' outcomes, then begin the next messages'.
+
+        Each outcome is ``record_attempt()``'s write, fenced on its own
+        message's claim token: a message whose lease was lost gets nothing
+        written, the others are recorded. Then each of ``then_begin`` is
+        ``begin_attempt(lease)``, fenced the same way. Returns the ids
+        recorded and the ids begun. On PostgreSQL all of it is one
+        statement (one round trip for a group of messages); elsewhere each
+        message's record is its own transaction.
+        """
+        db = router.db_for_write(self.model)
+        changes = [
+            (record, attempt, record.outcome_fields(attempt))
+            for record, attempt in outcomes
+        ]
+        now = timezone.now()
+        expires = now + (lease or timedelta(0))
+        assert lease is not None or not then_begin
+        if connections[db].vendor == "postgresql":
+            from ._sql import record_attempts_postgresql
+
+            written, rows = record_attempts_postgresql(
+                changes, db, then_begin=list(then_begin), now=now, expires=expires
+            )
+            for message in then_begin:
+                if message.pk in rows:
+                    message._begun(*rows[message.pk], now=now, expires=expires)
+            begun = set(rows)
+        else:
+            written = {
+                record.pk
+                for record, attempt, fields in changes
+                if record._record_attempt_orm(attempt, fields, db)
+            }
+            begun = {
+                message.pk
+                for message in then_begin
+                if message.begin_attempt(lease)  # type: ignore[arg-type]
+            }
+        for record, _attempt, fields in changes:
+            if record.pk in written:
+                for name, value in fields.items():
+                    setattr(record, name, value)
+        return written, begun
 
     # Operators' state changes. Each runs in one transaction on the write
     # database, applies only to the messages in the right state, returns how
@@ -467,54 +520,17 @@ class OutboxMessage(models.Model):
         else is written (False). A RETRY outcome queues the message again
         after its backoff; the others are final.
         """
-        written, _begun = self.record_attempt_then_begin(attempt)
-        return written
+        written, _begun = type(self).objects.record_attempts([(self, attempt)])
+        return self.pk in written
 
-    def record_attempt_then_begin(
-        self,
-        attempt: AttemptRecord,
-        following: OutboxMessage | None = None,
-        lease: timedelta | None = None,
-    ) -> tuple[bool, bool]:
-        """
-        ``record_attempt()``, then ``following.begin_attempt(lease)``.
-
-        Returns both results. On PostgreSQL the two go in one statement: a
-        worker makes one round trip per message. ``following`` is charged
-        its attempt as this one's outcome is recorded, right before it is
-        sent.
-        """
+    def outcome_fields(self, attempt: AttemptRecord) -> dict[str, Any]:
+        """The message's fields that recording ``attempt`` writes."""
         if attempt.outcome == Attempt.Outcome.RETRY:
             fields = self.retry_fields(error=attempt.error)
         else:
             fields = self.finish_fields(Status(attempt.outcome), error=attempt.error)
         fields["updated_at"] = attempt.finished_at
-        db = router.db_for_write(type(self))
-        begun = False
-        if connections[db].vendor == "postgresql":
-            from ._sql import record_attempt_postgresql
-
-            then_begin = None
-            if following is not None:
-                assert lease is not None
-                now = timezone.now()
-                then_begin = (following, now, now + lease)
-            written, row = record_attempt_postgresql(
-                self, attempt, fields, db, then_begin=then_begin
-            )
-            if then_begin is not None and row is not None:
-                assert following is not None
-                following._begun(*row, now=then_begin[1], expires=then_begin[2])
-                begun = True
-        else:
-            written = self._record_attempt_orm(attempt, fields, db)
-            if following is not None:
-                assert lease is not None
-                begun = following.begin_attempt(lease)
-        if written:
-            for name, value in fields.items():
-                setattr(self, name, value)
-        return written, begun
+        return fields
 
     def _record_attempt_orm(
         self, attempt: AttemptRecord, fields: dict[str, Any], db: str

@@ -120,7 +120,7 @@ class TestFencing:
         assert message["claimed_by"] == "other"
 
     def test_the_next_message_taken_over_meanwhile_is_not_sent(self, outbox):
-        """The record of one message also begins the next: fenced too."""
+        """One message at a time: the record of one also begins the next, fenced."""
         first, second = queue(2)
         claimed = OutboxMessage.objects.claim("slow", limit=2, lease=LEASE)
 
@@ -132,11 +132,42 @@ class TestFencing:
             taken["state"] = snapshot(second.pk)
 
         HookBackend.hook = second_taken_over
-        result = deliver_batch(claimed, worker="slow", lease=LEASE)
+        with override_settings(MAILKIT={"USE_TASKS": False, "RECORD_GROUP_SIZE": 1}):
+            result = deliver_batch(claimed, worker="slow", lease=LEASE)
         assert result.of(first.pk) is Result.SENT
         assert result.of(second.pk) is Result.LEASE_LOST
         assert [m.subject for m in HookBackend.delivered] == ["m0"]
         assert snapshot(second.pk) == taken["state"]
+
+    def test_paused_past_its_lease_inside_a_group(self, outbox, monkeypatch):
+        """
+        A group is begun together; a worker paused past its lease while
+        sending the group's first message finds out before sending the next
+        (its lease is more than half spent, and the renewal is fenced).
+        """
+        first, second, third = queue(3)
+        claimed = OutboxMessage.objects.claim("slow", limit=3, lease=LEASE)
+        taken = {}
+        real_now = timezone.now
+
+        def paused(message):
+            HookBackend.hook = None
+            # The lease ran out while it was paused: another worker took
+            # the rest of its group over.
+            take_over(second.pk)
+            take_over(third.pk)
+            taken["state"] = snapshot(second.pk), snapshot(third.pk)
+            monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
+
+        HookBackend.hook = paused
+        result = deliver_batch(claimed, worker="slow", lease=LEASE)
+        monkeypatch.setattr(timezone, "now", real_now)
+        assert result.of(first.pk) is Result.SENT
+        assert result.of(second.pk) is Result.LEASE_LOST
+        assert result.of(third.pk) is Result.LEASE_LOST
+        assert [m.subject for m in HookBackend.delivered] == ["m0"]
+        assert (snapshot(second.pk), snapshot(third.pk)) == taken["state"]
+        assert OutboxMessage.objects.get(pk=first.pk).status == Status.SENT
 
     def test_every_worker_write_is_fenced(self, outbox):
         (record,) = queue(1)
@@ -256,8 +287,13 @@ class TestMemory:
         assert type(claimed.__dict__["mime"]) is bytes
         assert deliver_batch([claimed], worker="w").of(record.pk) is Result.SENT
 
-    def test_each_message_bytes_loaded_only_while_it_is_sent(self, outbox):
+    def test_each_message_bytes_loaded_only_while_it_is_sent(self, outbox, monkeypatch):
+        from django_mailkit import delivery
+
         queue(3)
+        size = max(OutboxMessage.objects.values_list("size", flat=True))
+        # Room for one message per group: each is loaded alone.
+        monkeypatch.setattr(delivery, "GROUP_BYTES", size)
         claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
         loaded = []
 
@@ -267,6 +303,22 @@ class TestMemory:
         HookBackend.hook = count_loaded
         assert len(deliver_batch(claimed, worker="w").sent) == 3
         assert loaded == [1, 1, 1]
+
+    def test_a_group_is_loaded_together_within_its_bytes(self, outbox, monkeypatch):
+        from django_mailkit import delivery
+
+        queue(5)
+        size = max(OutboxMessage.objects.values_list("size", flat=True))
+        monkeypatch.setattr(delivery, "GROUP_BYTES", 2 * size)  # two at a time
+        claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
+        loaded = []
+
+        def count_loaded(message):
+            loaded.append(sum("mime" in m.__dict__ for m in claimed))
+
+        HookBackend.hook = count_loaded
+        assert len(deliver_batch(claimed, worker="w").sent) == 5
+        assert loaded == [2, 1, 2, 1, 1]
 
 
 class TestSigterm:

@@ -11,7 +11,13 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_mailkit import send_mail
-from django_mailkit.models import Attempt, OutboxMessage, RecipientStatus, Status
+from django_mailkit.models import (
+    Attempt,
+    OutboxMessage,
+    OutboxMessageQuerySet,
+    RecipientStatus,
+    Status,
+)
 from django_mailkit.worker import Worker
 
 from .rawsmtp import RawSMTP
@@ -108,11 +114,14 @@ def test_a_garbled_reply_code_is_a_temporary_failure(
 def test_an_outcome_that_cannot_be_written_still_finishes_the_message(server, caplog):
     with outbox_to(server):
         send_mail("s", "b", "from@example.com", ["to@example.com"])
-        with mock.patch.object(
-            OutboxMessage,
-            "record_attempt_then_begin",
-            side_effect=RuntimeError("disk full"),
-        ):
+        record_attempts = OutboxMessageQuerySet.record_attempts
+
+        def full_disk(self, outcomes, **kwargs):
+            if outcomes:  # beginning an attempt still works
+                raise RuntimeError("disk full")
+            return record_attempts(self, outcomes, **kwargs)
+
+        with mock.patch.object(OutboxMessageQuerySet, "record_attempts", full_disk):
             record = run_until_done(server)
     assert len(server.deliveries) == 1
     assert record.status == Status.SENT

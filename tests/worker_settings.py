@@ -31,4 +31,6 @@ MAILKIT = {
     "BATCH_SIZE": int(os.environ.get("MAILKIT_BATCH_SIZE", "50")),
     "BACKOFF_BASE": 1,
     "BACKOFF_CAP": 2,
+    # The accepted-but-not-recorded window the concurrency tests allow for.
+    "RECORD_GROUP_SIZE": int(os.environ.get("MAILKIT_RECORD_GROUP_SIZE", "4")),
 }
