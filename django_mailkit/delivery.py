@@ -44,6 +44,7 @@ from . import conf, suppression
 from .backends.base import BaseEmailBackend
 from .envelope import envelope_address, stored_envelope
 from .handler import mailers
+from .limits import Gate
 from .message import EmailMessage
 from .models import Attempt, AttemptRecord, OutboxMessage, Recipient, RecipientStatus
 from .smtp_session import Transmission, accepted, decode_reply, known_code
@@ -242,6 +243,9 @@ def deliver_batch(
         pending[message_id] = [a for a in pending[message_id] if a not in skipped]
     stopping = should_stop or (lambda: False)
     recorder = _Recorder(worker, lease, result)
+    # The mailers' shared limits (django_mailkit.limits): a token and a
+    # connection slot for each message before its attempt is counted.
+    gate = Gate(messages, worker=worker, lease=lease, should_stop=stopping)
     # Messages of the groups begun so far: True if this worker's attempt
     # was counted (it holds the lease), False if the lease was lost.
     begun: dict[int, bool] = {}
@@ -256,7 +260,16 @@ def deliver_batch(
                         result.add(Result.LEASE_LOST, rest.pk)
                 break
             if record.pk not in begun:
-                begun.update(recorder.flush(then_begin=_group(messages, index)))
+                group = _admitted(gate, recorder, _group(messages, index))
+                if not group:
+                    # Its mailer's limits can't let it go before half the
+                    # lease is spent: back to the queue, untried, uncharged.
+                    if record.release():
+                        result.add(Result.RELEASED, record.pk)
+                    else:
+                        result.add(Result.LEASE_LOST, record.pk)
+                    continue
+                begun.update(recorder.flush(then_begin=group))
             elif recorder.due():
                 recorder.flush()
             # The fence before the send: a worker paused past its lease
@@ -298,7 +311,31 @@ def deliver_batch(
     finally:
         for backend in connections.values():
             _close(backend)
+        gate.close()
     return result
+
+
+def _admitted(
+    gate: Gate, recorder: _Recorder, group: list[OutboxMessage]
+) -> list[OutboxMessage]:
+    """
+    The first messages of ``group`` the mailers' limits let go now.
+
+    The first may wait for its token (or slot); the outcomes not written
+    yet are written first, so that a wait doesn't hold them back. The
+    others only take what is there: the group ends at the first that can't.
+    """
+    first, *rest = group
+    if not gate.admit(first, wait=False):
+        recorder.flush()
+        if not gate.admit(first):
+            return []
+    admitted = [first]
+    for record in rest:
+        if not gate.admit(record, wait=False):
+            break
+        admitted.append(record)
+    return admitted
 
 
 #: A group's messages are loaded together: at most this many bytes in all.

@@ -912,3 +912,9 @@ class Suppression(models.Model):
 
     def __str__(self) -> str:
         return self.address
+
+
+# The shared limits' models live with their logic (limits.py); imported here
+# so that Django finds them.
+from .limits import ConnectionSlot as ConnectionSlot  # noqa: E402
+from .limits import MailerLimit as MailerLimit  # noqa: E402

@@ -270,6 +270,9 @@ class SessionRecord:
     client_cert_cn: str | None = None
     quit: bool = False
     closed: threading.Event = field(default_factory=threading.Event)
+    #: When the connection was accepted and lost (time.monotonic()).
+    opened_at: float = field(default_factory=time.monotonic)
+    closed_at: float | None = None
     #: Every command line the server read, raw (CRLF included), in order;
     #: message content (after DATA) is not included.
     commands: list[bytes] = field(default_factory=list)
@@ -289,6 +292,8 @@ class Delivery:
     #: The MAIL FROM parameters, upper-cased (e.g. "SMTPUTF8", "SIZE=123").
     mail_options: list[str]
     data: bytes
+    #: When the server accepted it (time.monotonic()).
+    accepted_at: float = field(default_factory=time.monotonic)
 
     @cached_property
     def message(self) -> email.message.EmailMessage:
@@ -364,6 +369,7 @@ class _RecordingSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.record is not None:
+            self.record.closed_at = time.monotonic()
             self.record.closed.set()
         super().connection_lost(error)
 
@@ -618,6 +624,20 @@ class SMTPTestServer:
             if not record.closed.wait(max(0.0, deadline - time.monotonic())):
                 raise AssertionError(f"session {record.number} still open")
         return self.sessions
+
+    def most_concurrent_sessions(self) -> int:
+        """The most client connections that were open at the same time."""
+        events = []
+        for record in self.sessions:
+            events.append((record.opened_at, 1))
+            if record.closed_at is not None:
+                events.append((record.closed_at, -1))
+        # At equal times, a close counts before an open.
+        most = current = 0
+        for _at, change in sorted(events):
+            current += change
+            most = max(most, current)
+        return most
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` holds (for state the server sets later)."""

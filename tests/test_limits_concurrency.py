@@ -6,18 +6,23 @@ one sink (what they test doesn't depend on either).
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from datetime import timedelta
 
 import django
 import pytest
 from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 
 from django_mailkit import EmailMessage, mailers
+from django_mailkit.limits import ConnectionSlot
 from django_mailkit.models import Attempt, OutboxMessage, Priority, Recipient
 from tests.smtpserver import SMTPTestServer
-from tests.test_concurrency import MESSAGE_ID, ROOT, finish
+from tests.test_concurrency import MESSAGE_ID, ROOT, finish, wait_until
 
 pytestmark = [
     pytest.mark.concurrency,
@@ -132,3 +137,85 @@ def test_urgent_message_goes_in_the_first_batch_after_10000_bulk(sink):
         Attempt.objects.filter(worker=attempt.worker).order_by("started_at").first()
     )
     assert first_of_its_worker == attempt
+
+
+def most_in_any_window(times, seconds):
+    """The most acceptance times in any window of ``seconds``."""
+    times = sorted(times)
+    most = start = 0
+    for end, at in enumerate(times):
+        while at - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def drain(sink, count, **env):
+    """
+    Queue ``count`` messages, start 4 warmed-up workers, then make the
+    messages due; return when the messages became due, once all are sent.
+    """
+    bulk_queue(count, priority=Priority.DEFAULT)
+    OutboxMessage.objects.update(next_attempt_at=timezone.now() + timedelta(days=1))
+    connected = connections_to_database()
+    workers = start_workers(sink, 4, "--batch-size", "25", **env)
+    try:
+        # Warmed up: each worker connected and polling (slow on a busy box).
+        wait_until(
+            lambda: connections_to_database() >= connected + 4, 60, "workers to poll"
+        )
+        due = time.monotonic()
+        OutboxMessage.objects.update(next_attempt_at=timezone.now())
+        wait_until(
+            lambda: not OutboxMessage.objects.exclude(status="sent").exists(),
+            120,
+            "every message to be sent",
+        )
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        outputs = finish(workers)
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], "\n".join(outputs)
+    assert len(sink.deliveries) == count
+    return due
+
+
+def connections_to_database():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_four_workers_keep_to_a_shared_rate(sink):
+    """
+    600 messages, 4 workers, rate "50/s": no 1-second window holds more than
+    the documented bound, and the run takes at most 1.5 x the ideal 12 s.
+
+    The bound: the rate (50), the bucket's burst (5), and one message per
+    worker that took its token just before the window and was still being
+    sent (4; a worker takes one token at a time at this rate).
+    """
+    due = drain(sink, 600, sink_rate="50/s")
+    times = sorted(d.accepted_at for d in sink.deliveries)
+    busiest = most_in_any_window(times, 1.0)
+    elapsed = times[-1] - due
+    print(f"rate 50/s: busiest second {busiest}; run {elapsed:.1f} s")
+    assert busiest <= 50 + 5 + 4, busiest
+    assert elapsed <= 1.5 * 12, elapsed
+    # Every worker took part: the limit was shared, not one worker's.
+    assert Attempt.objects.values("worker").distinct().count() == 4
+    # Waiting for a token costs no attempt.
+    assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_four_workers_share_two_connections(sink):
+    """600 messages, 4 workers, max_connections_total 2: never a third."""
+    drain(sink, 600, sink_max_connections_total=2)
+    # Waiting for a slot costs no attempt.
+    assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {1}
+    most = sink.most_concurrent_sessions()
+    print(f"max_connections_total 2: at most {most} at once")
+    assert most == 2
+    assert ConnectionSlot.objects.exclude(holder="").count() == 0

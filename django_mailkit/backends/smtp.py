@@ -19,6 +19,7 @@ from .. import conf, deprecation
 from ..dkim import DKIMSigner, signer_from_option
 from ..envelope import Envelope, EnvelopeAddress, message_envelope
 from ..exceptions import InvalidMailerValueError
+from ..limits import Rate, parse_rate
 from ..rendering import render_bytes
 from ..signals import recipients_refused
 from ..smtp_session import (
@@ -77,6 +78,8 @@ class EmailBackend(BaseEmailBackend):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_recipients_per_transaction: int = DEFAULT_MAX_RECIPIENTS,
         dkim: dict[str, Any] | None = None,
+        rate: str | None = None,
+        max_connections_total: int | None = None,
         **kwargs: Any,
     ) -> None:
         if "alias" not in kwargs:
@@ -147,6 +150,28 @@ class EmailBackend(BaseEmailBackend):
         self.dkim_signer: DKIMSigner | None = signer_from_option(
             dkim, lambda detail: self.config_error("dkim", detail)
         )
+        # Limits shared by every outbox worker (django_mailkit.limits). A
+        # direct send doesn't wait for them: see the docs' "Priorities and
+        # limits".
+        #: At most this many messages per second, minute or hour.
+        self.rate: Rate | None = None
+        if rate is not None:
+            try:
+                self.rate = parse_rate(rate)
+            except ValueError as exc:
+                raise self.config_error("rate", str(exc)) from None
+        if max_connections_total is not None and (
+            isinstance(max_connections_total, bool)
+            or not isinstance(max_connections_total, int)
+            or max_connections_total < 1
+        ):
+            raise self.config_error(
+                "max_connections_total",
+                "must be a whole number of at least 1, or None for no limit "
+                f"(got {max_connections_total!r}).",
+            )
+        #: At most this many connections at once, from all workers together.
+        self.max_connections_total = max_connections_total
         self.connection: smtplib.SMTP | None = None
 
     # Option validation.

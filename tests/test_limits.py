@@ -1,0 +1,318 @@
+"""
+The shared limits: the rate option's token bucket, the connection slots, and
+the worker's use of them. Fast, on SQLite (and again on PostgreSQL); the
+multi-process guarantees are in test_limits_concurrency.py.
+"""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from django_mailkit import EmailMessage, InvalidMailer, mailers
+from django_mailkit.limits import (
+    ConnectionSlot,
+    Gate,
+    MailerLimit,
+    SlotLease,
+    parse_rate,
+    take_tokens,
+)
+from django_mailkit.models import Attempt, OutboxMessage, Status
+from django_mailkit.worker import Worker
+from tests.smtpserver import SMTPTestServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+SMTP = "django_mailkit.backends.smtp.EmailBackend"
+
+
+def db_now():
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT EXTRACT(EPOCH FROM statement_timestamp())::float8")
+        else:
+            cursor.execute("SELECT (julianday('now') - 2440587.5) * 86400.0")
+        return cursor.fetchone()[0]
+
+
+# The options.
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second", "burst"),
+    [
+        ("50/s", 50, 5),
+        ("600/m", 10, 1),
+        ("1000/h", 1000 / 3600, 1),
+        ("2.5/s", 2.5, 1),
+        ("12000/s", 12000, 1200),
+    ],
+)
+def test_rates(text, per_second, burst):
+    rate = parse_rate(text)
+    assert rate.per_second == pytest.approx(per_second)
+    assert rate.burst == burst
+    assert str(rate) == text
+
+
+@pytest.mark.parametrize(
+    "value", ["600/d", "600", 600, "0/s", "-5/s", " 5/s", "5 /s", "nan/s", "/m"]
+)
+def test_bad_rate_names_the_option(value):
+    config = {"BACKEND": SMTP, "OPTIONS": {"host": "localhost", "rate": value}}
+    with override_settings(MAILERS={"smtp": config}), pytest.raises(InvalidMailer) as e:
+        mailers["smtp"]
+    assert str(e.value) == (
+        "MAILERS['smtp']['OPTIONS']['rate']: must be a number of messages per "
+        "second, minute or hour, such as '50/s', '600/m' or '1000/h' "
+        f"(got {value!r})."
+    )
+
+
+def test_no_rate_and_no_connection_limit_by_default():
+    config = {"BACKEND": SMTP, "OPTIONS": {"host": "localhost"}}
+    with override_settings(MAILERS={"smtp": config}):
+        backend = mailers["smtp"]
+    assert backend.rate is None
+    assert backend.max_connections_total is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_bad_max_connections_total_names_the_option(value):
+    config = {
+        "BACKEND": SMTP,
+        "OPTIONS": {"host": "localhost", "max_connections_total": value},
+    }
+    with override_settings(MAILERS={"smtp": config}), pytest.raises(InvalidMailer) as e:
+        mailers["smtp"]
+    assert str(e.value) == (
+        "MAILERS['smtp']['OPTIONS']['max_connections_total']: must be a whole "
+        f"number of at least 1, or None for no limit (got {value!r})."
+    )
+
+
+# The token bucket.
+
+
+def test_a_new_bucket_is_full_then_empty():
+    rate = parse_rate("50/s")  # a burst of 5
+    assert take_tokens("m", rate, 3) == (3, 0.0)
+    assert take_tokens("m", rate, 3)[0] == 2  # what was left, whole tokens
+    taken, wait = take_tokens("m", rate, 3)
+    assert taken == 0
+    # The next token is due within a fiftieth of a second.
+    assert 0 < wait <= 0.02
+    assert MailerLimit.objects.get().tokens >= 0
+
+
+def test_tokens_come_back_at_the_rate():
+    rate = parse_rate("10/s")  # a burst of 1
+    assert take_tokens("m", rate)[0] == 1
+    # 50 ms ago, by the database's clock, the bucket was empty.
+    MailerLimit.objects.filter(mailer="m").update(tokens=0, stamp=db_now() - 0.05)
+    taken, wait = take_tokens("m", rate)
+    assert taken == 0
+    assert 0.03 < wait <= 0.051
+    time.sleep(wait)
+    assert take_tokens("m", rate)[0] == 1
+
+
+def test_the_bucket_never_holds_more_than_its_burst():
+    rate = parse_rate("50/s")
+    take_tokens("m", rate)
+    # An hour of quiet.
+    MailerLimit.objects.filter(mailer="m").update(tokens=0, stamp=db_now() - 3600)
+    assert take_tokens("m", rate, 100)[0] == 5
+
+
+def test_each_mailer_has_its_own_bucket():
+    rate = parse_rate("10/s")
+    assert take_tokens("a", rate)[0] == 1
+    assert take_tokens("b", rate)[0] == 1
+    assert take_tokens("a", rate)[0] == 0
+    assert MailerLimit.objects.count() == 2
+
+
+def test_taking_greedily_keeps_to_the_rate():
+    """Over half a second, at most the burst plus the rate's share."""
+    rate = parse_rate("40/s")  # a burst of 4
+    started = time.monotonic()
+    taken = 0
+    while time.monotonic() - started < 0.5:
+        got, wait = take_tokens("m", rate)
+        taken += got
+        if not got:
+            time.sleep(wait)
+    elapsed = time.monotonic() - started
+    assert taken <= 4 + 40 * elapsed + 1
+    assert taken >= 40 * elapsed * 0.8
+
+
+# Connection slots.
+
+
+def test_slots_are_shared_and_freed():
+    lease = timedelta(seconds=60)
+    first, second, third = (
+        SlotLease("smtp", 2, worker=name, lease=lease) for name in "abc"
+    )
+    assert first.acquire() and second.acquire()
+    assert {first.number, second.number} == {0, 1}
+    assert not third.acquire()
+    first.release()
+    assert third.acquire()
+    assert ConnectionSlot.objects.filter(mailer="smtp").count() == 2
+    # Only who holds a slot can free it.
+    first.number = third.number
+    first.release()
+    assert ConnectionSlot.objects.get(number=third.number).holder == third.holder
+
+
+def test_a_crashed_workers_slot_expires():
+    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=0.3))
+    assert crashed.acquire()
+    # It never releases the slot: the next worker waits for the lease.
+    rescuer = SlotLease("smtp", 1, worker="rescuer", lease=timedelta(seconds=60))
+    assert not rescuer.acquire()
+    time.sleep(0.35)
+    assert rescuer.acquire()
+    # The crashed worker, if it was only paused, finds it lost the slot and
+    # can't free the rescuer's.
+    crashed._renew_at = 0
+    assert not crashed.renew()
+    crashed.number = rescuer.number
+    crashed.release()
+    assert ConnectionSlot.objects.get().holder == rescuer.holder
+
+
+def test_a_slot_is_renewed_once_half_its_lease_is_spent():
+    now = [1000.0]
+    slot = SlotLease(
+        "smtp", 1, worker="w", lease=timedelta(seconds=10), clock=lambda: now[0]
+    )
+    assert slot.acquire()
+    expires = ConnectionSlot.objects.get().expires
+    now[0] += 4
+    assert slot.renew()
+    assert ConnectionSlot.objects.get().expires == expires  # not yet
+    now[0] += 2
+    time.sleep(0.01)
+    assert slot.renew()
+    assert ConnectionSlot.objects.get().expires > expires
+
+
+# The worker.
+
+
+@pytest.fixture
+def limited():
+    """An outbox delivering through an SMTP sink; the test sets the limits."""
+    server = SMTPTestServer()
+    server.start()
+
+    def configure(lease=60, **limits):
+        return override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                    "OPTIONS": {"deliver_using": "smtp"},
+                },
+                "smtp": {
+                    "BACKEND": SMTP,
+                    "OPTIONS": {
+                        "host": server.host,
+                        "port": server.port,
+                        "timeout": 5,
+                        **limits,
+                    },
+                },
+            },
+            MAILKIT={"USE_TASKS": False, "LEASE_SECONDS": lease},
+        )
+
+    server.configure = configure
+    yield server
+    server.stop()
+
+
+def queue(count):
+    mailers.default.send_messages(
+        [
+            EmailMessage(f"m{i}", "body", "f@example.com", [f"u{i}@example.com"])
+            for i in range(count)
+        ]
+    )
+
+
+def test_the_worker_keeps_to_the_rate(limited):
+    with limited.configure(rate="40/s"):
+        queue(24)
+        started = time.monotonic()
+        stats = Worker(once=True, interval=0).run()
+    assert stats.sent == 24
+    times = sorted(d.accepted_at for d in limited.deliveries)
+    # A burst of 4, then one every 25 ms.
+    assert times[-1] - started >= (24 - 4) / 40 * 0.95
+    for start in times:
+        assert sum(1 for t in times if start <= t < start + 0.25) <= 4 + 10 + 1
+
+
+def test_no_token_before_half_the_lease_sends_the_rest_back_uncharged(limited):
+    with limited.configure(rate="1/m", lease=0.4):
+        queue(3)
+        stats = Worker(once=True, interval=0).run()
+    # The bucket's one token went to the first message; the others would
+    # have waited a minute, past half the lease.
+    assert stats.sent == 1
+    assert len(limited.deliveries) == 1
+    waiting = OutboxMessage.objects.exclude(status=Status.SENT)
+    assert [(m.status, m.attempts, m.claimed_by) for m in waiting] == [
+        (Status.QUEUED, 0, ""),
+        (Status.QUEUED, 0, ""),
+    ]
+    assert Attempt.objects.count() == 1
+
+
+def test_a_stopping_worker_does_not_wait_for_a_token(limited):
+    with limited.configure(rate="1/m"):
+        queue(2)
+        worker = Worker(once=True, interval=0)
+        started = time.monotonic()
+        timer = threading.Timer(0.3, worker.request_stop)
+        timer.start()
+        stats = worker.run()
+        timer.join()
+    assert time.monotonic() - started < 2
+    assert stats.sent == 1
+    assert OutboxMessage.objects.filter(status=Status.QUEUED, attempts=0).count() == 1
+
+
+def test_a_slot_held_elsewhere_holds_delivery_back_until_it_expires(limited):
+    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=1.5))
+    assert crashed.acquire()
+    with limited.configure(max_connections_total=1):
+        queue(3)
+        first = Worker(once=True, interval=0).run()
+        assert first.sent == 0
+        assert not limited.sessions
+        assert (
+            OutboxMessage.objects.filter(status=Status.QUEUED, attempts=0).count() == 3
+        )
+        time.sleep(1.5)
+        second = Worker(once=True, interval=0).run()
+    assert second.sent == 3
+    # The worker freed its slot when its batch was done.
+    assert ConnectionSlot.objects.get().holder == ""
+
+
+def test_the_gate_lets_unlimited_mailers_through(limited):
+    with limited.configure():
+        queue(1)
+        gate = Gate(list(OutboxMessage.objects.all()), worker="w", lease=timedelta(60))
+        assert gate.admit(OutboxMessage.objects.get())
+    assert not MailerLimit.objects.exists()
+    assert not ConnectionSlot.objects.exists()
