@@ -32,6 +32,9 @@ def _classify(exc: InvalidMailer) -> str:
     if exc.option == "dkim":
         # The DKIM key or settings: caught at startup, not at the first send.
         return "django_mailkit.E008"
+    if exc.option in {"rate", "max_connections_total", "priority"}:
+        # The outbox's scheduling: the shared limits and priorities.
+        return "django_mailkit.E009"
     if exc.code == "unknown_options":
         return "django_mailkit.E006"
     if exc.code == "backend_import":
@@ -188,3 +191,38 @@ def check_outbox_timeouts(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 )
             )
     return warnings
+
+
+@register("mail")
+def check_limits_apply(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when a mailer's shared limits can never apply: no outbox uses it."""
+    from .backends.outbox import EmailBackend as OutboxBackend
+
+    configs = conf.mailers_setting() or {}
+    limited: dict[str, list[str]] = {}
+    delivered: set[str] = set()
+    for alias in configs:
+        try:
+            backend = mailers[alias]
+        except (ImproperlyConfigured, TypeError, ValueError):
+            continue  # check_mailers() reports it.
+        if isinstance(backend, OutboxBackend):
+            delivered.add(backend.deliver_using)
+        options = [
+            option
+            for option in ("rate", "max_connections_total")
+            if getattr(backend, option, None) is not None
+        ]
+        if options:
+            limited[alias] = options
+    return [
+        Warning(
+            f"MAILERS[{alias!r}] sets {' and '.join(map(repr, options))}, but no "
+            "outbox mailer delivers through it: the limits apply to outbox "
+            "delivery only, and a direct send does not wait for them.",
+            hint=f"Send through an outbox mailer with deliver_using={alias!r}.",
+            id="django_mailkit.W005",
+        )
+        for alias, options in limited.items()
+        if alias not in delivered
+    ]

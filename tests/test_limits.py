@@ -316,3 +316,58 @@ def test_the_gate_lets_unlimited_mailers_through(limited):
         assert gate.admit(OutboxMessage.objects.get())
     assert not MailerLimit.objects.exists()
     assert not ConnectionSlot.objects.exists()
+
+
+# System checks.
+
+
+def check_messages(mailer_settings):
+    from tests.test_checks import mailkit_messages
+
+    # Not about limits: no timeout (W004), Django < 6.1 without the bridge (W003).
+    other = {"django_mailkit.W003", "django_mailkit.W004"}
+    with override_settings(MAILERS=mailer_settings):
+        return [m for m in mailkit_messages() if m.id not in other]
+
+
+OUTBOX = "django_mailkit.backends.outbox.EmailBackend"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("rate", "600/d"), ("max_connections_total", 0)],
+)
+def test_bad_limits_fail_a_check(option, value):
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", option: value}}
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
+    (message,) = check_messages({"default": outbox, "smtp": smtp})
+    assert message.id == "django_mailkit.E009"
+    assert message.msg.startswith(f"MAILERS['smtp']['OPTIONS'][{option!r}]: ")
+
+
+def test_bad_priority_fails_a_check():
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h"}}
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp", "priority": 1}}
+    (message,) = check_messages({"default": outbox, "smtp": smtp})
+    assert message.id == "django_mailkit.E009"
+    assert message.msg == (
+        "MAILERS['default']['OPTIONS']['priority']: must be one of 'bulk', "
+        "'default', 'high' (got 1)."
+    )
+
+
+def test_limits_no_outbox_delivers_through_are_a_warning():
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", "rate": "10/s"}}
+    other = {
+        "BACKEND": SMTP,
+        "OPTIONS": {"host": "h", "rate": "1/s", "max_connections_total": 1},
+    }
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
+    (message,) = check_messages({"default": outbox, "smtp": smtp, "other": other})
+    assert message.id == "django_mailkit.W005"
+    assert message.msg == (
+        "MAILERS['other'] sets 'rate' and 'max_connections_total', but no outbox "
+        "mailer delivers through it: the limits apply to outbox delivery only, "
+        "and a direct send does not wait for them."
+    )
+    assert check_messages({"default": outbox, "smtp": smtp}) == []
