@@ -691,11 +691,119 @@ def bench_memory(quick: bool) -> None:
     )
 
 
+def bench_rate_limit(quick: bool, batch: int = 200) -> None:
+    """
+    The cost of a shared rate limit that never binds: the outbox drain with
+    the transport's ``rate`` set above the unlimited drain rate, against the
+    same drain without it, alternating, best of each.
+    """
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from django_mailkit.limits import MailerLimit
+    from django_mailkit.models import OutboxMessage
+
+    if connection.vendor != "postgresql":
+        say("Rate limit: skipped (needs PostgreSQL: bash .ci/services start)")
+        return
+    count = 2000 if quick else 5000
+    call_command("migrate", verbosity=0)
+
+    def drain(port: int, rate: str | None) -> float:
+        OutboxMessage.objects.all().delete()
+        MailerLimit.objects.all().delete()
+        backend = mailkit.mailers.default
+        for start in range(0, count, 1000):
+            backend.send_messages(
+                [plain(mailkit) for _ in range(min(1000, count - start))]
+            )
+        OutboxMessage.objects.update(next_attempt_at=timezone.now() + timedelta(days=1))
+        env = {**os.environ, "BENCH_SINK_PORT": str(port), "PYTHONPATH": str(ROOT)}
+        if rate is not None:
+            env["BENCH_SINK_RATE"] = rate
+        before = len(postgres_backends())
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "django", "mailkit_worker"]
+                + ["--batch-size", str(batch), "--interval", "0.05"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
+            for _ in range(4)
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while len(postgres_backends()) < before + 4:
+                if time.monotonic() > deadline:
+                    raise SystemExit("rate limit bench: the workers did not start")
+                time.sleep(0.2)
+            time.sleep(1)
+            started = time.perf_counter()
+            OutboxMessage.objects.update(next_attempt_at=timezone.now())
+            while OutboxMessage.objects.exclude(status="sent").exists():
+                if any(w.poll() is not None for w in workers):
+                    raise SystemExit("rate limit bench: a worker exited")
+                time.sleep(0.02)
+            return count / (time.perf_counter() - started)
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            for w in workers:
+                w.wait(30)
+
+    with (
+        smtp_sink() as port,
+        override_settings(
+            MAILERS={
+                "default": {
+                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                    "OPTIONS": {"deliver_using": "smtp"},
+                },
+                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
+            },
+            MAILKIT={"USE_TASKS": False},
+        ),
+    ):
+        unlimited = [drain(port, None)]
+        # Twice the unlimited rate: the bucket never runs dry, so what is
+        # measured is the cost of taking tokens. Alternated, three of each:
+        # the machine's load moves between runs.
+        rate = f"{int(unlimited[0] * 2)}/s"
+        limited = [drain(port, rate)]
+        for _pair in range(2):
+            unlimited.append(drain(port, None))
+            limited.append(drain(port, rate))
+    best_unlimited, best_limited = max(unlimited), max(limited)
+    RESULTS.setdefault("outbox", {})["rate_limit"] = {
+        "messages": count,
+        "rate": rate,
+        "unlimited_msg_per_s": [round(r, 1) for r in unlimited],
+        "limited_msg_per_s": [round(r, 1) for r in limited],
+        "ratio": round(best_limited / best_unlimited, 3),
+    }
+    say(
+        f"Outbox drain with a rate limit above it ({rate}), {count} messages, "
+        "4 workers, best of 3:"
+    )
+    say(
+        f"  unlimited {best_unlimited:.0f} msg/s, limited {best_limited:.0f} msg/s: "
+        f"{best_limited / best_unlimited:.2f}x "
+        f"(runs: {', '.join(f'{r:.0f}' for r in unlimited)} unlimited; "
+        f"{', '.join(f'{r:.0f}' for r in limited)} limited)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
     parser.add_argument(
-        "--only", default="build,message,dkim,loopback,latency,outbox,memory"
+        "--only",
+        default="build,message,dkim,loopback,latency,outbox,memory,ratelimit",
     )
     parser.add_argument("--drain", type=int, help="messages for the outbox drain")
     parser.add_argument(
@@ -722,6 +830,8 @@ def main() -> None:
         bench_outbox(args.quick, args.drain, args.drain_batch)
     if "memory" in sections:
         bench_memory(args.quick)
+    if "ratelimit" in sections:
+        bench_rate_limit(args.quick, args.drain_batch)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {

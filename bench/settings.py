@@ -37,6 +37,9 @@ MAILERS = {
         }
     },
 }
+if os.environ.get("BENCH_SINK_RATE"):
+    # bench.py's rate limit section.
+    MAILERS["smtp"]["OPTIONS"]["rate"] = os.environ["BENCH_SINK_RATE"]
 MAILKIT = {"USE_TASKS": False}
 
 import django  # noqa: E402
