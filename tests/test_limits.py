@@ -149,7 +149,8 @@ def test_taking_greedily_keeps_to_the_rate():
             time.sleep(wait)
     elapsed = time.monotonic() - started
     assert taken <= 4 + 40 * elapsed + 1
-    assert taken >= 40 * elapsed * 0.8
+    # And close to it (a loaded machine oversleeps now and then).
+    assert taken >= 40 * elapsed * 0.5
 
 
 # Connection slots.
@@ -173,12 +174,14 @@ def test_slots_are_shared_and_freed():
 
 
 def test_a_crashed_workers_slot_expires():
-    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=0.3))
+    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=1))
     assert crashed.acquire()
+    acquired = time.monotonic()
     # It never releases the slot: the next worker waits for the lease.
     rescuer = SlotLease("smtp", 1, worker="rescuer", lease=timedelta(seconds=60))
     assert not rescuer.acquire()
-    time.sleep(0.35)
+    assert time.monotonic() - acquired < 1  # (or the test proves nothing)
+    time.sleep(max(0, acquired + 1.05 - time.monotonic()))
     assert rescuer.acquire()
     # The crashed worker, if it was only paused, finds it lost the slot and
     # can't free the rescuer's.
@@ -292,17 +295,20 @@ def test_a_stopping_worker_does_not_wait_for_a_token(limited):
 
 
 def test_a_slot_held_elsewhere_holds_delivery_back_until_it_expires(limited):
-    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=1.5))
+    crashed = SlotLease("smtp", 1, worker="crashed", lease=timedelta(seconds=2.5))
     assert crashed.acquire()
+    acquired = time.monotonic()
     with limited.configure(max_connections_total=1):
         queue(3)
+        # It waits a second for the slot, then gives the batch back.
         first = Worker(once=True, interval=0).run()
+        assert time.monotonic() - acquired < 2.5  # (or the test proves nothing)
         assert first.sent == 0
         assert not limited.sessions
         assert (
             OutboxMessage.objects.filter(status=Status.QUEUED, attempts=0).count() == 3
         )
-        time.sleep(1.5)
+        time.sleep(max(0, acquired + 2.55 - time.monotonic()))
         second = Worker(once=True, interval=0).run()
     assert second.sent == 3
     # The worker freed its slot when its batch was done.
