@@ -323,7 +323,8 @@ def _admitted(
 
     The first may wait for its token (or slot); the outcomes not written
     yet are written first, so that a wait doesn't hold them back. The
-    others only take what is there: the group ends at the first that can't.
+    others only use tokens that take already got: the group ends at the
+    first that can't go.
     """
     first, *rest = group
     if not gate.admit(first, wait=False):
@@ -332,7 +333,7 @@ def _admitted(
             return []
     admitted = [first]
     for record in rest:
-        if not gate.admit(record, wait=False):
+        if not gate.admit(record, wait=False, take=False):
             break
         admitted.append(record)
     return admitted

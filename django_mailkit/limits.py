@@ -474,11 +474,14 @@ class Gate:
                 )
         return self._limits[alias]
 
-    def admit(self, record: Any, *, wait: bool = True) -> bool:
+    def admit(self, record: Any, *, wait: bool = True, take: bool = True) -> bool:
         """
         Whether ``record`` may be sent now (its token taken, a slot held).
 
-        ``wait=False`` only tries, and never holds the mailer back.
+        ``wait=False`` only tries, and never holds the mailer back;
+        ``take=False`` only uses a token already taken (by the last take,
+        which takes a few at high rates), so that a worker never holds more
+        than one take's tokens ahead of its sends.
         """
         alias = record.mailer
         if alias in self.refused:
@@ -488,7 +491,7 @@ class Gate:
             return True
         if total is not None and not self._slot(alias, total, wait=wait):
             return self._refuse(alias, wait, "no connection slot was free")
-        if rate is not None and not self._token(alias, rate, wait=wait):
+        if rate is not None and not self._token(alias, rate, wait=wait, take=take):
             return self._refuse(alias, wait, "no token was due in time")
         self._left[alias] = max(0, self._left.get(alias, 1) - 1)
         return True
@@ -533,11 +536,11 @@ class Gate:
                 return False
         return True
 
-    def _token(self, alias: str, rate: Rate, *, wait: bool) -> bool:
+    def _token(self, alias: str, rate: Rate, *, wait: bool, take: bool) -> bool:
         if self._tokens.get(alias, 0) > 0:
             self._tokens[alias] -= 1
             return True
-        while True:
+        while take:
             wanted = min(max(1, self._left.get(alias, 1)), rate.take_at_most)
             taken, due_in = take_tokens(alias, rate, wanted)
             if taken:
@@ -550,6 +553,7 @@ class Gate:
             due_in = max(due_in, 0.001) + random.uniform(0, 0.002)
             if not self._pause_until(self._clock() + due_in, self.deadline):
                 return False
+        return False
 
     def _pause_until(self, wake: float, deadline: float) -> bool:
         """Sleep until ``wake``; False (at once) if that is past ``deadline``,
