@@ -377,3 +377,31 @@ def test_limits_no_outbox_delivers_through_are_a_warning():
         "and a direct send does not wait for them."
     )
     assert check_messages({"default": outbox, "smtp": smtp}) == []
+
+
+def test_a_worker_with_no_token_sleeps_until_it_is_due(limited):
+    """No spinning: one take, one read of when the next token is due, a sleep."""
+    from django.test.utils import CaptureQueriesContext
+
+    with limited.configure(rate="4/s"):
+        queue(2)
+        records = list(OutboxMessage.objects.order_by("pk"))
+        sleeps = []
+
+        def sleep(seconds):
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+        gate = Gate(records, worker="w", lease=timedelta(seconds=60), sleep=sleep)
+        assert gate.admit(records[0])  # the bucket's one token
+        started = time.monotonic()
+        with CaptureQueriesContext(connection) as queries:
+            assert gate.admit(records[1])
+        waited = time.monotonic() - started
+    assert 0.2 <= waited < 1
+    limit_table = MailerLimit._meta.db_table
+    statements = [q["sql"] for q in queries if limit_table in q["sql"]]
+    # Take (none), when is the next one due, sleep, take: a few, however
+    # long the wait.
+    assert len(statements) <= 4, statements
+    assert sum(sleeps) >= 0.2
