@@ -10,6 +10,7 @@ import base64
 import email
 import email.policy
 import sys
+import time
 
 import dkim
 import pytest
@@ -20,8 +21,10 @@ from django.core import mail as django_mail
 from django.test import override_settings
 
 from django_mailkit import EmailMessage, EmailMultiAlternatives, InvalidMailer, mailers
-from django_mailkit.dkim import SigningError
+from django_mailkit import dkim as dkim_module
+from django_mailkit.dkim import SigningError, signer_from_option
 from django_mailkit.models import OutboxMessage, Status
+from django_mailkit.rendering import render_bytes
 from django_mailkit.worker import Worker
 
 DOMAIN = "example.com"
@@ -372,6 +375,125 @@ def test_a_stored_message_that_cannot_be_signed_fails_unsent(
     assert record.status == Status.FAILED
     assert "DKIM signing failed" in record.last_error
     assert smtp_server.deliveries == []
+
+
+# Signing speed: OpenSSL does the RSA step, dkimpy everything else, and the
+# output is dkimpy's own, byte for byte (RSASSA-PKCS1-v1_5 is deterministic).
+
+FROZEN = 1767225600  # 2026-01-01T00:00:00Z, for dkimpy's and our t=
+
+
+@pytest.fixture
+def fresh_key_cache():
+    """Each test parses and probes its key again (and leaves no trace)."""
+    dkim_module._fast_key.cache_clear()
+    yield
+    dkim_module._fast_key.cache_clear()
+
+
+def wire_bytes(message):
+    """The bytes the SMTP backend signs: the rendered message, CRLF."""
+    return render_bytes(message, email.policy.SMTP)[0]
+
+
+def dkimpy_signature(data, private_pem, headers, identity=None):
+    """What dkimpy alone writes for the same message, key and headers."""
+    return dkim.sign(
+        data,
+        SELECTOR.encode(),
+        DOMAIN.encode(),
+        private_pem.encode(),
+        identity=identity,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=headers,
+        linesep=b"\r\n",
+    )
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.__name__)
+def test_signature_is_dkimpys_byte_for_byte(monkeypatch, private_pem, dns, profile):
+    signer = signer_from_option(dkim_option(private_pem), ValueError)
+    assert signer is not None and signer.key is not None  # the OpenSSL path
+    data = wire_bytes(profile())
+    monkeypatch.setattr(time, "time", lambda: FROZEN + 0.5)
+    # Neither dkimpy's RSA nor its PEM parser runs: they are the slow parts.
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_sign", None)
+    monkeypatch.setattr(dkim, "parse_pem_private_key", None)
+    signed = signer.sign(data)
+    monkeypatch.undo()
+    header = signed[: len(signed) - len(data)]
+    assert signed.endswith(data) and header.startswith(b"DKIM-Signature: ")
+    assert f"t={FROZEN};".encode() in header
+    headers = signature_tags(signed)["h"].encode().split(b":")
+    monkeypatch.setattr(time, "time", lambda: FROZEN + 0.5)
+    assert header == dkimpy_signature(data, private_pem, headers)
+    monkeypatch.undo()
+    assert verifies(signed, dns)
+
+
+def test_headers_and_identity_options_are_dkimpys_byte_for_byte(
+    monkeypatch, private_pem, dns
+):
+    headers = ["From", "Subject", "Date", "Message-ID", "From"]
+    signer = signer_from_option(
+        dkim_option(private_pem, headers=headers, identity="news@mail.example.com"),
+        ValueError,
+    )
+    data = wire_bytes(attachments())
+    monkeypatch.setattr(time, "time", lambda: FROZEN)
+    assert (
+        signer.sign(data)
+        == dkimpy_signature(
+            data,
+            private_pem,
+            [h.lower().encode() for h in headers],
+            identity=b"news@mail.example.com",
+        )
+        + data
+    )
+    monkeypatch.undo()
+    assert verifies(signer.sign(data), dns)
+
+
+def test_the_key_is_parsed_once_per_process(private_pem, fresh_key_cache):
+    first = build(dkim_option(private_pem)).dkim_signer
+    second = build(dkim_option(private_pem)).dkim_signer
+    assert first.key is not None and second.key is first.key
+    assert dkim_module._fast_key.cache_info().misses == 1
+
+
+def test_a_dkimpy_that_signs_differently_signs_alone(
+    monkeypatch, private_pem, dns, fresh_key_cache, caplog
+):
+    # A dkimpy release whose output is no longer what _signature() writes
+    # (here: one that adds an l= tag): the probe at build time notices, and
+    # dkimpy signs alone, so what goes out is still dkimpy's and verifies.
+    original = dkim.DKIM.sign
+
+    def sign(self, *args, **kwargs):
+        return original(self, *args, **{**kwargs, "length": True})
+
+    monkeypatch.setattr(dkim.DKIM, "sign", sign)
+    with caplog.at_level("WARNING", logger="django_mailkit.dkim"):
+        signer = build(dkim_option(private_pem)).dkim_signer
+    assert signer.key is None
+    assert "does not reproduce dkimpy 1.1" in caplog.text
+    assert "the signatures differ" in caplog.text
+    signed = signer.sign(wire_bytes(plain()))
+    assert "l" in signature_tags(signed) and verifies(signed, dns)
+
+
+def test_without_cryptography_dkimpy_signs_alone(
+    monkeypatch, private_pem, dns, fresh_key_cache, caplog
+):
+    monkeypatch.setitem(
+        sys.modules, "cryptography.hazmat.primitives.asymmetric.rsa", None
+    )
+    with caplog.at_level("WARNING", logger="django_mailkit.dkim"):
+        signer = build(dkim_option(private_pem)).dkim_signer
+    assert signer.key is None
+    assert "cryptography package is not installed" in caplog.text
+    assert verifies(signer.sign(wire_bytes(non_ascii())), dns)
 
 
 # Configuration errors: one line naming the option, at build time and as a
