@@ -13,7 +13,7 @@ gets a fresh signature (with a fresh ``t=``).
 
 dkimpy canonicalizes, selects the headers and writes the tag list; the RSA
 private operation is OpenSSL's, through ``cryptography``, with the key parsed
-once per process (dkimpy's own RSA is pure Python, some 30 times slower, and
+once per process (dkimpy's own RSA is pure Python, some 25 times slower, and
 it parses the PEM key again for every message). The output is byte for byte
 dkimpy's own: each key is checked against dkimpy's ``DKIM.sign()`` once, and
 should that differ (a dkimpy release outside the range tested) or
@@ -254,7 +254,7 @@ def _fast_key(pem: bytes) -> RSAPrivateKey | None:
     except ImportError:
         logger.warning(
             "DKIM: the cryptography package is not installed; dkimpy signs "
-            "alone, about 30 times slower: pip install 'django-mailkit[dkim]'."
+            "alone, several times slower: pip install 'django-mailkit[dkim]'."
         )
         return None
     try:
@@ -288,7 +288,7 @@ def _fast_key(pem: bytes) -> RSAPrivateKey | None:
         problem = "the signatures differ"
     logger.warning(
         "DKIM: signing with OpenSSL does not reproduce dkimpy %s's signature "
-        "(%s); dkimpy signs alone, about 30 times slower.",
+        "(%s); dkimpy signs alone, several times slower.",
         _dkimpy_version(),
         problem,
     )
