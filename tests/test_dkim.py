@@ -11,6 +11,7 @@ import email
 import email.policy
 import sys
 import time
+from unittest import mock
 
 import dkim
 import pytest
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core import checks
 from django.core import mail as django_mail
 from django.test import override_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_mailkit import EmailMessage, EmailMultiAlternatives, InvalidMailer, mailers
 from django_mailkit import dkim as dkim_module
@@ -453,6 +456,50 @@ def test_headers_and_identity_options_are_dkimpys_byte_for_byte(
     )
     monkeypatch.undo()
     assert verifies(signer.sign(data), dns)
+
+
+# Any message dkimpy can sign: white space to canonicalize, folded and
+# repeated headers, empty lines at the end, an empty body.
+_wsp = st.sampled_from([" ", "\t", "  ", " \t "])
+_text = st.lists(
+    st.one_of(st.text(alphabet="abcXYZ09.,:;<>@=-", min_size=1, max_size=12), _wsp),
+    max_size=12,
+).map("".join)
+
+
+@st.composite
+def raw_messages(draw):
+    names = draw(
+        st.lists(
+            st.sampled_from(["To", "Cc", "Subject", "Date", "X-Tag", "Reply-To"]),
+            max_size=6,
+        )
+    )
+    lines = [f"From: {draw(_text)}shop@example.com"]
+    for name in names:
+        value = draw(_text)
+        if draw(st.booleans()):  # folded onto a continuation line
+            value += "\r\n" + draw(_wsp) + draw(_text)
+        lines.append(f"{name}:{draw(st.sampled_from(['', ' ', '  ']))}{value}")
+    body = draw(st.lists(_text, max_size=8)) + [""] * draw(st.integers(0, 3))
+    return ("\r\n".join(lines) + "\r\n\r\n" + "\r\n".join(body)).encode("ascii")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=raw_messages(), oversign=st.booleans())
+def test_any_message_is_signed_byte_for_byte_as_dkimpy_signs_it(
+    private_pem, data, oversign
+):
+    headers = ["From", "To", "Subject", "X-Tag"] + (["From", "Cc"] if oversign else [])
+    option = dkim_option(private_pem, headers=headers)
+    signer = signer_from_option(option, ValueError)
+    assert signer.key is not None
+    with mock.patch.object(time, "time", return_value=FROZEN):
+        signed = signer.sign(data)
+        expected = dkimpy_signature(
+            data, private_pem, [h.lower().encode() for h in headers]
+        )
+    assert signed == expected + data
 
 
 def test_the_key_is_parsed_once_per_process(private_pem, fresh_key_cache):
