@@ -22,8 +22,8 @@ and so is a cell that starts with ``'``; import takes one such ``'`` off.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import IO
 
@@ -58,15 +58,21 @@ COLUMNS = (
 MAX_ERRORS_SHOWN = 20
 _FORMULA = ("=", "+", "-", "@", "\t", "\r", "'")
 _CHUNK = 500
+#: Error lines kept (the rest are counted).
+_ERRORS_KEPT = 1000
 
 
 class RowError(ValueError):
-    """Rows of a CSV file are invalid: ``errors`` holds one line for each."""
+    """
+    Rows of a CSV file are invalid: ``errors`` holds one line for each of
+    the first ones, ``count`` says how many there are in all.
+    """
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], *, count: int | None = None) -> None:
         self.errors = errors
+        self.count = len(errors) if count is None else count
         shown = errors[:MAX_ERRORS_SHOWN]
-        more = len(errors) - len(shown)
+        more = self.count - len(shown)
         if more:
             shown.append(f"... and {more} more.")
         super().__init__("\n".join(shown))
@@ -82,7 +88,6 @@ class ImportResult:
     known: int = 0
     #: Rows that repeat an earlier row of the file.
     duplicates: int = 0
-    rows: list[Suppression] = field(default_factory=list, repr=False)
 
 
 def _cell(value: str) -> str:
@@ -121,17 +126,17 @@ def export_csv(stream: IO[str], queryset: Iterable[Suppression]) -> int:
 
 def read_csv(
     stream: IO[str], *, mailer: str | None = None, source: str = "import"
-) -> list[Suppression]:
+) -> Iterator[Suppression | str]:
     """
-    Read and check every row; return the entries (unsaved), or raise RowError.
+    Read and check the rows one by one: yield an entry (unsaved) for each
+    good row, and an error line (a string naming the line) for each bad one.
 
     ``mailer`` (``--using``) is the mailer of every row: a file whose
     ``mailer`` column names another is refused. ``source`` is recorded on
-    rows that don't say theirs.
+    rows that don't say theirs. A file that can't be read as CSV at all (no
+    header, not UTF-8, broken quoting) raises RowError.
     """
     reader = csv.reader(stream, strict=True)
-    errors: list[str] = []
-    rows: list[Suppression] = []
     try:
         header = next(reader, None)
         if header is None:
@@ -152,7 +157,7 @@ def read_csv(
             if not any(value.strip() for value in values):
                 continue  # a blank line
             if len(values) != len(names):
-                errors.append(
+                yield (
                     f"line {line}: {len(values)} cells, but the header names "
                     f"{len(names)} columns."
                 )
@@ -161,16 +166,13 @@ def read_csv(
                 name: _uncell(value) for name, value in zip(names, values, strict=True)
             }
             try:
-                rows.append(_entry(cells, mailer=mailer, source=source, now=now))
+                yield _entry(cells, mailer=mailer, source=source, now=now)
             except ValueError as exc:
-                errors.append(f"line {line}: {exc}")
+                yield f"line {line}: {exc}"
     except csv.Error as exc:
-        errors.append(f"line {reader.line_num}: not valid CSV ({exc}).")
+        yield f"line {reader.line_num}: not valid CSV ({exc})."
     except UnicodeDecodeError as exc:
-        errors.append(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}).")
-    if errors:
-        raise RowError(errors)
-    return rows
+        yield f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})."
 
 
 def _entry(
@@ -249,37 +251,56 @@ def import_csv(
     """
     Add the file's entries to the list, in one transaction; say what it did.
 
-    Raises RowError, having written nothing, if any row is invalid. An entry
-    already listed (same address and mailer) is left as it is.
+    Raises RowError, having written nothing, if any row is invalid (every
+    bad row is listed). An entry already listed (same address and mailer)
+    is left as it is. Rows are read and written 500 at a time: a file of
+    millions of rows needs memory for its distinct addresses only.
     """
-    rows = read_csv(stream, mailer=mailer, source=source)
-    result = ImportResult()
-    unique: dict[tuple[str, str], Suppression] = {}
-    for row in rows:
-        if (row.address, row.mailer) in unique:
-            result.duplicates += 1
-        else:
-            unique[(row.address, row.mailer)] = row
     db = using or router.db_for_write(Suppression)
-    keys = list(unique)
+    result = ImportResult()
+    errors: list[str] = []
+    bad = 0
+    seen: set[tuple[str, str]] = set()
+    chunk: list[Suppression] = []
+
+    def flush() -> None:
+        if errors or not chunk:
+            chunk.clear()
+            return  # nothing is written once a row failed
+        known: set[tuple[str, str]] = set()
+        for mailer_name in {row.mailer for row in chunk}:
+            known |= {
+                (address, mailer_name)
+                for address in Suppression.objects.using(db)
+                .filter(
+                    mailer=mailer_name,
+                    address__in=[r.address for r in chunk if r.mailer == mailer_name],
+                )
+                .values_list("address", flat=True)
+            }
+        new = [row for row in chunk if (row.address, row.mailer) not in known]
+        result.known += len(chunk) - len(new)
+        result.new += len(new)
+        if not dry_run:
+            Suppression.objects.using(db).bulk_create(new, ignore_conflicts=True)
+        chunk.clear()
+
     with transaction.atomic(using=db):
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            known: set[tuple[str, str]] = set()
-            for mailer_name in {m for _, m in chunk}:
-                known |= {
-                    (address, mailer_name)
-                    for address in Suppression.objects.using(db)
-                    .filter(
-                        mailer=mailer_name,
-                        address__in=[a for a, m in chunk if m == mailer_name],
-                    )
-                    .values_list("address", flat=True)
-                }
-            new = [unique[key] for key in chunk if key not in known]
-            result.known += len(chunk) - len(new)
-            result.new += len(new)
-            result.rows += new
-            if not dry_run:
-                Suppression.objects.using(db).bulk_create(new, ignore_conflicts=True)
+        for item in read_csv(stream, mailer=mailer, source=source):
+            if isinstance(item, str):
+                bad += 1
+                if len(errors) < _ERRORS_KEPT:
+                    errors.append(item)
+                continue
+            key = (item.address, item.mailer)
+            if key in seen:
+                result.duplicates += 1
+                continue
+            seen.add(key)
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                flush()
+        flush()
+        if errors:
+            raise RowError(errors, count=bad)  # and the transaction rolls back
     return result

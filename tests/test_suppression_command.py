@@ -253,3 +253,24 @@ def test_mailkit_outbox_show_says_why_a_recipient_was_suppressed():
     )
     # The stored reason was cleaned when written: no escape reaches a terminal.
     assert "Unsubscribed; source: one-click\ufffd[2J." in line
+
+
+def test_a_bad_row_after_many_good_ones_still_imports_nothing(tmp_path):
+    # Rows are written 500 at a time: the first chunks went to the database
+    # before the bad row was read, and must be rolled back.
+    rows = [f"user{i}@example.com" for i in range(1200)]
+    rows += ["oops"] * 30
+    path = write(tmp_path, "address\n" + "\n".join(rows) + "\n")
+    err = io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("mailkit_suppressions", "import", path, stderr=err)
+    assert str(caught.value).endswith("30 invalid rows; nothing was imported.")
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "line 1202: invalid address 'oops': it has no domain."
+    assert lines[-1] == "... and 10 more."
+    assert len(lines) == 21
+    assert not Suppression.objects.exists()
+    path = write(tmp_path, "address\n" + "\n".join(rows[:1200]) + "\n", "ok.csv")
+    out, _ = run("import", path)
+    assert out.startswith("Imported 1200 new addresses;")
+    assert Suppression.objects.count() == 1200

@@ -9,7 +9,7 @@ from typing import IO, Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...models import Suppression, SuppressionReason
-from ...suppression_csv import RowError, export_csv, import_csv
+from ...suppression_csv import MAX_ERRORS_SHOWN, RowError, export_csv, import_csv
 from ..options import mailer_alias, printable
 
 
@@ -82,11 +82,13 @@ class Command(BaseCommand):
                     dry_run=options["dry_run"],
                 )
         except RowError as exc:
-            for line in exc.errors[:20]:
+            for line in exc.errors[:MAX_ERRORS_SHOWN]:
                 self.stderr.write(printable(line))
+            if exc.count > MAX_ERRORS_SHOWN:
+                self.stderr.write(f"... and {exc.count - MAX_ERRORS_SHOWN} more.")
             raise CommandError(
-                f"{printable(name)}: {len(exc.errors)} invalid "
-                f"{'row' if len(exc.errors) == 1 else 'rows'}; nothing was imported."
+                f"{printable(name)}: {exc.count} invalid "
+                f"{_plural(exc.count, 'row', 'rows')}; nothing was imported."
             ) from None
         verb = "Would import" if options["dry_run"] else "Imported"
         self.stdout.write(
