@@ -31,6 +31,7 @@ from django.urls import reverse
 
 from django_mailkit import EmailMultiAlternatives, send_mail
 from django_mailkit.models import OutboxMessage, Status
+from django_mailkit.suppression import suppress
 from tests.smtpserver import SMTPTestServer, mailer_config
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -436,6 +437,15 @@ APART = {
         (".mailkit-explain", ".mailkit-confirm-list"),
         (".mailkit-confirm-list", "input[type=submit]"),
     ],
+    "suppressions": [
+        (".breadcrumbs", "#content"),
+        ("#toolbar", "#result_list"),
+    ],
+    "confirm-unsuppress": [
+        (".breadcrumbs", "#content"),
+        (".mailkit-explain", ".mailkit-confirm-list"),
+        (".mailkit-confirm-list", "input[type=submit]"),
+    ],
 }
 
 
@@ -505,6 +515,17 @@ def test_every_page_lays_out_at_two_widths_light_and_dark(browser, live_server, 
         "Recipient address rejected: User unknown in virtual mailbox table"
     )
     newsletter = messages["Monthly newsletter"]
+    suppress(
+        ["a-rather-long-address.for-the-layout@subdomain.example.com"],
+        reason="bounced",
+        mailer="default",
+        smtp_code=550,
+        smtp_reply="5.1.1 <a-rather-long-address.for-the-layout@subdomain.example"
+        ".com>: Recipient address rejected: User unknown in virtual mailbox table",
+        source="outbox message 1",
+    )
+    suppress(["unsubscribed@example.com"], reason="unsubscribed")
+    suppressions = reverse("admin:django_mailkit_suppression_changelist")
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     ARTIFACTS.mkdir(exist_ok=True)
     version = "django{}{}".format(*django.VERSION[:2])
@@ -531,6 +552,14 @@ def test_every_page_lays_out_at_two_widths_light_and_dark(browser, live_server, 
                     page.select_option("select[name=action]", "resend")
                     page.locator("button[name=index]").first.click()
                     page.wait_for_selector(".mailkit-confirm-page")
+                elif name == "confirm-unsuppress":
+                    page.goto(suppressions)
+                    page.locator("input.action-select").first.check()
+                    page.select_option("select[name=action]", "unsuppress")
+                    page.locator("button[name=index]").first.click()
+                    page.wait_for_selector(".mailkit-confirm-page")
+                elif name == "suppressions":
+                    page.goto(suppressions)
                 else:
                     page.goto(
                         {

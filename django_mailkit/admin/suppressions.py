@@ -21,6 +21,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
@@ -66,14 +68,9 @@ class MailerScopeFilter(admin.SimpleListFilter):
 
 @admin.register(Suppression)
 class SuppressionAdmin(_ModelAdminBase):
-    list_display = [
-        "address",
-        "display_mailer",
-        "reason",
-        "display_reply",
-        "source",
-        "created_at",
-    ]
+    # Few columns: the list must fit beside the filters at 1280 pixels. The
+    # source and the whole reply are on each entry's page.
+    list_display = ["address", "display_mailer", "display_reason", "display_created"]
     list_filter = [
         "reason",
         MailerScopeFilter,
@@ -106,12 +103,22 @@ class SuppressionAdmin(_ModelAdminBase):
     def display_mailer(self, obj: Suppression) -> Any:
         return obj.mailer or _("(every mailer)")
 
-    @admin.display(description=_("SMTP reply"))
-    def display_reply(self, obj: Suppression) -> Any:
+    @admin.display(description=_("created"), ordering="created_at")
+    def display_created(self, obj: Suppression) -> str:
+        created = obj.created_at
+        if timezone.is_aware(created):
+            created = timezone.localtime(created)
+        return date_format(created, "SHORT_DATETIME_FORMAT")
+
+    @admin.display(description=_("reason"), ordering="reason")
+    def display_reason(self, obj: Suppression) -> Any:
+        """The reason, and the server's reply under it (shortened, whole on hover)."""
         if obj.smtp_code is None and not obj.smtp_reply:
-            return "—"
+            return obj.get_reason_display()
         return format_html(
-            '<span title="{}"><code>{}</code> {}</span>',
+            '{}<span class="mailkit-suppression-reply" title="{}"><code>{}</code> '
+            "{}</span>",
+            obj.get_reason_display(),
             obj.smtp_reply,
             obj.smtp_code or "",
             Truncator(obj.smtp_reply).chars(60),
