@@ -23,7 +23,8 @@ correctly, and a warning is logged.
 Signatures use ``rsa-sha256`` with relaxed/relaxed canonicalization, which
 survives the re-folding of headers and the white-space changes that relays
 make. Unless the option lists them, the headers signed are those RFC 6376
-section 5.4.1 recommends that the message has, and From, To, Cc, Subject,
+section 5.4.1 recommends that the message has (and a one-click
+unsubscribe's List-Unsubscribe-Post, RFC 8058), and From, To, Cc, Subject,
 Date, Message-ID and Reply-To are signed once more ("oversigned"), so a
 relay can't add a second one, or one that was absent, without breaking the
 signature.
@@ -71,6 +72,10 @@ DEFAULT_OVERSIGNED = (
     b"message-id",
     b"reply-to",
 )
+#: Signed when present, besides those dkimpy recommends: RFC 8058 section 4
+#: requires a one-click unsubscribe's two headers under the signature, and
+#: dkimpy's list has List-Unsubscribe but not List-Unsubscribe-Post.
+DEFAULT_ALSO_SIGNED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 #: RSA keys shorter than this are refused: RFC 8301 forbids signing with
 #: them, and receivers (dkimpy among them) reject their signatures.
 MIN_KEY_BITS = 1024
@@ -129,6 +134,7 @@ class DKIMSigner:
                     name.lower()
                     for name, _ in signer.headers
                     if name.lower() in signer.should_sign
+                    or name.lower() in DEFAULT_ALSO_SIGNED
                 )
                 headers += DEFAULT_OVERSIGNED
             if self.key is not None:

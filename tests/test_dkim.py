@@ -769,3 +769,20 @@ def test_dkim_without_dkimpy_installed_fails_the_check(monkeypatch, private_pem)
     assert [e.id for e in errors] == ["django_mailkit.E008"]
     assert "needs the dkimpy package" in errors[0].msg
     assert "pip install 'django-mailkit[dkim]'" in errors[0].msg
+
+
+def test_one_click_unsubscribe_headers_are_signed(smtp_server, private_pem, dns):
+    # RFC 8058 section 4: providers honour List-Unsubscribe-Post only under
+    # a DKIM signature that covers both headers.
+    from django_mailkit.unsubscribe import add_list_unsubscribe
+
+    message = EmailMessage("News", "body", "news@example.com", ["ann@example.com"])
+    add_list_unsubscribe(message, "https://example.com", mailer=None)
+    with override_settings(
+        MAILERS={"default": smtp_mailer(smtp_server, dkim_option(private_pem))}
+    ):
+        assert mailers.default.send_messages([message]) == 1
+    [delivery] = smtp_server.deliveries
+    assert verifies(delivery.data, dns)
+    signed = signature_tags(delivery.data)["h"].split(":")
+    assert "list-unsubscribe" in signed and "list-unsubscribe-post" in signed
