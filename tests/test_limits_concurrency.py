@@ -219,3 +219,45 @@ def test_four_workers_share_two_connections(sink):
     print(f"max_connections_total 2: at most {most} at once")
     assert most == 2
     assert ConnectionSlot.objects.exclude(holder="").count() == 0
+
+
+def test_a_killed_workers_connection_slot_expires(sink):
+    """
+    max_connections_total 1: a worker SIGKILLed holding the slot keeps it
+    only until its lease runs out; then another worker delivers the rest.
+    """
+    bulk_queue(100, priority=Priority.DEFAULT)
+    sink.stall("DATA", 0.02)  # keep the victim's batch in flight
+    limits = {"sink_max_connections_total": 1, "lease_seconds": 3}
+    (victim,) = start_workers(sink, 1, "--batch-size", "50", **limits)
+    try:
+        wait_until(lambda: len(sink.deliveries) >= 5, 60, "the victim to deliver")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    killed = time.monotonic()
+    slot = ConnectionSlot.objects.get()
+    assert slot.holder and f":{victim.pid}:" in slot.holder
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
+        held_for = slot.expires - cursor.fetchone()[0]
+    assert 0 < held_for <= 3
+    sessions_before = len(sink.sessions)
+
+    (rescuer,) = start_workers(sink, 1, "--batch-size", "50", **limits)
+    try:
+        wait_until(
+            lambda: not OutboxMessage.objects.exclude(status="sent").exists(),
+            30,
+            "the rescuer to deliver the rest",
+        )
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        (output,) = finish([rescuer])
+    assert rescuer.returncode == 0, output
+    first_session = sink.sessions[sessions_before]
+    # Not one connection while the dead worker's lease held the slot.
+    assert first_session.opened_at >= killed + held_for - 0.1
+    assert sink.most_concurrent_sessions() == 1
+    # Only the message on the wire when the victim died may go out twice.
+    assert 100 <= len(sink.deliveries) <= 101
