@@ -30,7 +30,7 @@ from typing import Any
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -143,9 +143,14 @@ def add_list_unsubscribe(
                 f"per recipient, each with its own link."
             )
         address = str(recipients[0])
-    path = reverse(
-        "django_mailkit:unsubscribe", args=[make_token(address, mailer=mailer)]
-    )
+    token = make_token(address, mailer=mailer)
+    try:
+        path = reverse("django_mailkit:unsubscribe", args=[token])
+    except NoReverseMatch as exc:
+        raise NoReverseMatch(
+            f"{exc} One-click unsubscribe needs django_mailkit's URLs: add "
+            "path('mail/', include('django_mailkit.urls')) to your URLconf."
+        ) from None
     if isinstance(request_or_base_url, str):
         base = request_or_base_url.rstrip("/")
         url = base + path

@@ -11,6 +11,7 @@ import pytest
 from django.core import signing
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client, RequestFactory, override_settings
+from django.urls import NoReverseMatch
 
 from django_mailkit import EmailMessage, mailers
 from django_mailkit.models import (
@@ -258,4 +259,19 @@ def test_the_lifetime_must_be_at_least_a_day():
             read_token(token)
     assert (
         str(caught.value) == "MAILKIT['UNSUBSCRIBE_MAX_AGE_DAYS'] must be more than 0."
+    )
+
+
+#: A URLconf without django_mailkit's URLs (see the test below).
+urlpatterns: list = []
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_without_the_urls_djangos_error_says_what_to_add():
+    with pytest.raises(NoReverseMatch) as caught:
+        add_list_unsubscribe(message(), BASE, mailer=None)
+    text = str(caught.value)
+    assert text.startswith("'django_mailkit' is not a registered namespace")
+    assert text.endswith(
+        "add path('mail/', include('django_mailkit.urls')) to your URLconf."
     )
