@@ -80,6 +80,8 @@ DEFAULT_ALSO_SIGNED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 #: them, and receivers (dkimpy among them) reject their signatures.
 MIN_KEY_BITS = 1024
 CANONICALIZATION = (b"relaxed", b"relaxed")
+#: A 'private_key_file' longer than this is not repeated in an error.
+_MAX_PATH_SHOWN = 255
 
 # A domain name's labels (RFC 6376 section 3.5 "d=": a domain name; "s=":
 # one or more dot-separated sub-domains). Underscores are allowed in a
@@ -382,14 +384,26 @@ def _private_key(value: dict[str, Any], error: Callable[[str], Exception]) -> by
             raise error(
                 f"'private_key_file' must be a path (got {type(path).__name__})."
             )
+        text = str(path)
+        if "-----BEGIN" in text:
+            # Never echo it: the error ends up in logs and CI output.
+            raise error(
+                "'private_key_file' holds the PEM text of a key, not a path: "
+                "pass the key itself as 'private_key'."
+            )
+        # A path is shown; anything longer or stranger may be a secret.
+        shown = (
+            repr(text)
+            if len(text) <= _MAX_PATH_SHOWN and text.isprintable()
+            else f"(a value of {len(text)} characters, not shown)"
+        )
         try:
             pem = Path(path).read_bytes()
         except OSError as exc:
             raise error(
-                f"'private_key_file' {str(path)!r} cannot be read: "
-                f"{exc.strerror or exc}."
+                f"'private_key_file' {shown} cannot be read: {exc.strerror or exc}."
             )
-        source = f"the key in {str(path)!r}"
+        source = f"the key in {shown}"
     elif inline:
         if isinstance(inline, str):
             inline = inline.encode("ascii", "replace")

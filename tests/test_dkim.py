@@ -735,6 +735,23 @@ def test_the_worker_does_not_start_with_a_bad_key():
             call_command("mailkit_worker", "--once", skip_checks=False)
 
 
+def test_a_key_given_as_private_key_file_is_never_echoed(private_pem):
+    # The PEM text put in 'private_key_file' by mistake (an environment
+    # variable holding the key): the error, a check message that ends up in
+    # logs and CI output, must not carry the key.
+    body = private_pem.splitlines()[1]
+    for value in (private_pem, private_pem.replace("\n", "\r\n"), body * 40):
+        option = {"domain": DOMAIN, "selector": SELECTOR, "private_key_file": value}
+        with pytest.raises(InvalidMailer) as caught:
+            build(option)
+        text = str(caught.value)
+        assert body not in text, text
+        assert "\n" not in text
+    assert "'private_key_file' (a value of 2560 characters, not shown)" in text
+    with pytest.raises(InvalidMailer, match="pass the key itself as 'private_key'"):
+        build({"domain": DOMAIN, "selector": SELECTOR, "private_key_file": private_pem})
+
+
 def test_an_inconsistent_key_fails_the_check(rsa_key):
     # Parts that don't belong together (another modulus): dkimpy would sign,
     # and no receiver could verify.
