@@ -170,9 +170,11 @@ class _Dialect:
 def _dialect(db: str) -> _Dialect:
     connection = connections[db]
     if connection.vendor == "postgresql":
-        # One value per statement.
+        # The time the row is written, once its lock is held: not when the
+        # statement arrived (a statement that waited for the lock, or for
+        # the CPU, must not count tokens from before it got the row).
         return _Dialect(
-            "EXTRACT(EPOCH FROM statement_timestamp())::float8",
+            "EXTRACT(EPOCH FROM clock_timestamp())::float8",
             "GREATEST",
             "LEAST",
             "FLOOR(%s)",
@@ -189,7 +191,7 @@ def _dialect(db: str) -> _Dialect:
         )
     if connection.vendor == "mysql":
         return _Dialect(
-            "UNIX_TIMESTAMP(NOW(6))", "GREATEST", "LEAST", "FLOOR(%s)", False
+            "UNIX_TIMESTAMP(SYSDATE(6))", "GREATEST", "LEAST", "FLOOR(%s)", False
         )
     return _Dialect(None, "GREATEST", "LEAST", "FLOOR(%s)", False)
 

@@ -33,7 +33,7 @@ SMTP = "django_mailkit.backends.smtp.EmailBackend"
 def db_now():
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT EXTRACT(EPOCH FROM statement_timestamp())::float8")
+            cursor.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")
         else:
             cursor.execute("SELECT (julianday('now') - 2440587.5) * 86400.0")
         return cursor.fetchone()[0]
@@ -405,3 +405,18 @@ def test_a_worker_with_no_token_sleeps_until_it_is_due(limited):
     # long the wait.
     assert len(statements) <= 4, statements
     assert sum(sleeps) >= 0.2
+
+
+def test_a_delivery_task_honours_the_rate_too(limited):
+    from django_mailkit.tasks import deliver_message_now
+
+    with limited.configure(rate="1/m", lease=0.4):
+        queue(2)
+        first, second = OutboxMessage.objects.order_by("pk")
+        assert deliver_message_now(first.pk) == "sent"
+        # No token within half the lease: the message stays queued for
+        # mailkit_worker, uncharged.
+        assert deliver_message_now(second.pk) == "skipped"
+    second.refresh_from_db()
+    assert (second.status, second.attempts) == (Status.QUEUED, 0)
+    assert len(limited.deliveries) == 1
