@@ -144,3 +144,14 @@ def test_a_resent_copy_keeps_the_priority(outboxes):
     original = OutboxMessage.objects.get()
     copy = original.resend()
     assert copy.priority == Priority.BULK
+
+
+def test_the_admin_page_shows_the_priority(outboxes, admin_client):
+    mailers["news"].send_messages([message("newsletter")])
+    record = OutboxMessage.objects.get()
+    response = admin_client.get(
+        f"/admin/django_mailkit/outboxmessage/{record.pk}/change/"
+    )
+    assert response.status_code == 200
+    assert "Priority:" in response.content.decode()
+    assert ">Bulk<" in response.content.decode()

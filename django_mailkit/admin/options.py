@@ -161,6 +161,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 "classes": ["collapse"],
                 "fields": [
                     "queued_via",
+                    "priority",
                     "display_next_attempt_at",
                     "claimed_by",
                     "display_lease_expires_at",
