@@ -16,15 +16,16 @@ to ends as ``suppressed`` without a connection being opened.
 
 Addresses are compared in a normalised form (:func:`normalise`): the SMTP
 path ``envelope_address()`` makes (a Unicode domain IDNA-encoded, a display
-name dropped), lower-cased. RFC 5321 lets a server treat ``Bob@`` and
-``bob@`` as two mailboxes, but no provider in use does, and a suppression
-list errs on the side of not sending.
+name dropped), lower-cased, in Unicode NFC. RFC 5321 lets a server treat
+``Bob@`` and ``bob@`` as two mailboxes, but no provider in use does, and a
+suppression list errs on the side of not sending.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ def normalise(value: Any, *, field: str = "address") -> str:
 
     The value is checked as any SMTP path is (``envelope_address()``): a
     display name is dropped, a Unicode domain IDNA-encoded, control
-    characters refused. The result is lower-cased.
+    characters refused. The result is lower-cased, in Unicode NFC.
     """
     if not isinstance(value, str):
         raise InvalidAddress(
@@ -70,7 +71,11 @@ def normalise(value: Any, *, field: str = "address") -> str:
             field=field,
             reason=f"it must be a string, not {type(value).__name__}",
         )
-    key = str(envelope_address(value.strip(), field=field)).lower()
+    # NFC: "ö" typed as one code point or as o and a combining mark is one
+    # mailbox to mail systems (RFC 6532 section 3.1), so one entry here.
+    key = unicodedata.normalize(
+        "NFC", str(envelope_address(value.strip(), field=field)).lower()
+    )
     if "@" not in key:
         raise InvalidAddress(value, field=field, reason="it has no domain")
     if len(key) > MAX_ADDRESS_LENGTH:

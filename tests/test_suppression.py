@@ -246,6 +246,7 @@ def test_is_address_failure(code, reply, dead):
         ("Bob <bob@example.com>", "bob@example.com"),
         ("  bob@example.com ", "bob@example.com"),
         ("a@bücher.example", "a@xn--bcher-kva.example"),
+        ("Jo\u0308rg@example.com", "j\u00f6rg@example.com"),
     ],
 )
 def test_normalise(value, key):

@@ -275,3 +275,38 @@ def test_without_the_urls_djangos_error_says_what_to_add():
     assert text.endswith(
         "add path('mail/', include('django_mailkit.urls')) to your URLconf."
     )
+
+
+def test_an_unsubscribed_unicode_address_is_skipped_in_any_unicode_form(
+    client, smtp_server
+):
+    # "jörg" typed on one system is U+00F6 (NFC); on another, o + U+0308
+    # (NFD). Mail systems treat them as one mailbox (RFC 6532 asks for NFC):
+    # the suppression list must too, or the unsubscribed person is mailed.
+    nfc, nfd = "j\u00f6rg@example.com", "jo\u0308rg@example.com"
+    url = add_list_unsubscribe(message([nfc]), BASE, mailer=None)
+    assert client.post(path_of(url), ONE_CLICK).status_code == 200
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {
+                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
+                "OPTIONS": {
+                    "host": smtp_server.host,
+                    "port": smtp_server.port,
+                    "timeout": 5,
+                },
+            },
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        assert mailers["default"].send_messages([message([nfd, nfc])]) == 1
+        Worker(once=True, interval=0).run()
+    record = OutboxMessage.objects.get()
+    assert record.status == Status.SUPPRESSED
+    assert not [
+        line for line in smtp_server.commands() if line[:8].upper() == b"RCPT TO:"
+    ]
