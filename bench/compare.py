@@ -6,7 +6,8 @@ messages queued through the app's own API, then drained into Postfix's
 smtp-sink on loopback by 4 processes through the app's own command:
 
 =================  ===========================================================
-mailkit            4 x ``mailkit_worker --once --batch-size 200``
+mailkit            ``mailkit_worker --once --batch-size 200 --processes 4``
+mailkit-separate   4 x ``mailkit_worker --once --batch-size 200``
 mailkit-rq         4 x ``rqworker --burst`` (django-tasks-rq, one task per
                    message, enqueued on commit; RQ forks a work horse per job)
 mailkit-rq-simple  the same with ``--worker-class rq.worker.SimpleWorker``
@@ -208,9 +209,11 @@ class BackendCPU:
 
 def drain_commands(app: str, processes: int) -> list[list[str]]:
     django = [sys.executable, "-m", "django"]
-    if app == "mailkit":
+    if app in ("mailkit", "mailkit-separate"):
         command = [*django, "mailkit_worker", "--once", "--batch-size", "200"]
-        return [command] * processes
+        if app == "mailkit-separate":  # one command (and start-up) each
+            return [command] * processes
+        return [[*command, "--processes", str(processes)]]
     if app.startswith("mailkit-rq"):
         command = [*django, "rqworker", "--burst", "--job-class"]
         command += ["django_tasks_rq.Job", "default"]

@@ -80,6 +80,13 @@ class TestWorkerOptions:
         with pytest.raises(CommandError, match=r"^--max-messages must be a whole"):
             worker("--max-messages", value)
 
+    @pytest.mark.parametrize("value", ["-1", "0", "257", "2.5", "all"])
+    def test_processes(self, value):
+        with pytest.raises(
+            CommandError, match=r"^--processes must be a whole number from 1 to 256"
+        ):
+            worker("--processes", value)
+
     def test_values_from_python_are_checked_too(self):
         with pytest.raises(CommandError, match=r"^--interval .* got nan\.$"):
             call_command("mailkit_worker", once=True, interval=float("nan"))

@@ -134,6 +134,69 @@ def test_four_workers_deliver_each_message_exactly_once(outbox_to):
     assert sum(per_worker.values()) == 2000
 
 
+def test_forked_processes_share_the_queue(outbox_to):
+    """--processes: one command, several workers forked after start-up."""
+    if not outbox_to.pipelining or django.VERSION[:2] != (6, 1):
+        pytest.skip("runs once: pipelining server, newest Django")
+    expected = queue(300)
+    command = start_worker(
+        outbox_to, "--once", "--processes", "3", "--batch-size", "10"
+    )
+    (output,) = finish([command], timeout=120)
+    assert command.returncode == 0, output
+    counts = delivered_ids(outbox_to)
+    assert set(counts) == expected
+    assert [mid for mid, n in counts.items() if n > 1] == []
+    pids = {
+        worker.split(":")[2]
+        for worker in Attempt.objects.values_list("worker", flat=True)
+    }
+    assert str(command.pid) not in pids  # the parent only waits
+    assert len(pids) == 3, pids
+    assert output.count(" stopped: ") == 3, output
+
+
+def children_of(pid):
+    """The pids of ``pid``'s child processes (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_forked_processes_finish_their_message_on_sigterm(outbox_to):
+    if not outbox_to.pipelining or django.VERSION[:2] != (6, 1):
+        pytest.skip("runs once: pipelining server, newest Django")
+    queue(200)
+    outbox_to.stall("DATA", 0.05)
+    command = start_worker(outbox_to, "--processes", "2", "--batch-size", "50")
+    wait_until(lambda: len(outbox_to.deliveries) >= 6, 30, "deliveries to start")
+    children = children_of(command.pid)
+    assert len(children) == 2, children
+    command.send_signal(signal.SIGTERM)
+    try:
+        output, _ = command.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        # Not passed on: the children (each in a process group of its own)
+        # would run on, holding the output pipe open.
+        for pid in [*children, command.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError("SIGTERM did not stop the worker processes") from None
+    assert command.returncode == 0, output
+    # Passed on to each process once: each finishes its message, then exits.
+    assert output.count("Finishing the message in flight") == 2, output
+    assert "Second signal" not in output
+    sent = OutboxMessage.objects.filter(status=Status.SENT).count()
+    assert 6 <= sent < 200
+    assert OutboxMessage.objects.filter(status=Status.SENDING).count() == 0
+    assert OutboxMessage.objects.filter(status=Status.QUEUED).count() == 200 - sent
+    assert len(delivered_ids(outbox_to)) == sent
+
+
 def test_sigkilled_worker_loses_nothing(outbox_to):
     expected = queue(300)
     outbox_to.stall("DATA", 0.02)  # keep batches in flight long enough to kill
