@@ -115,3 +115,19 @@ def test_sending_example_sends(code):
     ):
         exec(compile(code, "<example>", "exec"), {})
     assert mail.outbox, "the example sent nothing"
+
+
+def test_the_mailkit_example_lists_every_key_with_its_default():
+    # docs/topics/mailers.rst shows the whole MAILKIT dict with its defaults;
+    # a key added to conf.py must appear there too, with the same default.
+    from tests.test_docs_reference import code_mailkit_defaults
+
+    [code] = [
+        example.values[0]
+        for example in EXAMPLES
+        if example.id.startswith("docs/topics/mailers.rst")
+        and example.values[0].lstrip().startswith("MAILKIT = ")
+    ]
+    namespace: dict = {}
+    exec(compile(code, "<example>", "exec"), namespace)
+    assert namespace["MAILKIT"] == code_mailkit_defaults()
