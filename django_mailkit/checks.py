@@ -215,7 +215,27 @@ def check_limits_apply(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         ]
         if options:
             limited[alias] = options
-    return [
+    warnings: list[CheckMessage] = []
+    batch, lease = conf.batch_size(), conf.lease_seconds()
+    for alias in limited:
+        rate = getattr(mailers[alias], "rate", None)
+        if rate is None or alias not in delivered:
+            continue
+        # A worker waits for tokens for half its claim's lease at most.
+        sent = rate.per_second * lease / 2
+        if sent < batch:
+            warnings.append(
+                Warning(
+                    f"MAILERS[{alias!r}]['OPTIONS']['rate'] is {rate}: about "
+                    f"{sent:.0f} messages go out in half a lease ({lease / 2:g} s), "
+                    f"fewer than a worker claims (MAILKIT['BATCH_SIZE'] = {batch}); "
+                    "the rest of each batch goes back to the queue.",
+                    hint=f"Set MAILKIT['BATCH_SIZE'] (or mailkit_worker --batch-size) "
+                    f"to {max(1, int(sent))} or less.",
+                    id="django_mailkit.W006",
+                )
+            )
+    return warnings + [
         Warning(
             f"MAILERS[{alias!r}] sets {' and '.join(map(repr, options))}, but no "
             "outbox mailer delivers through it: the limits apply to outbox "

@@ -420,3 +420,20 @@ def test_a_delivery_task_honours_the_rate_too(limited):
     second.refresh_from_db()
     assert (second.status, second.attempts) == (Status.QUEUED, 0)
     assert len(limited.deliveries) == 1
+
+
+def test_a_rate_too_slow_for_a_batch_is_a_warning():
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", "rate": "1000/h"}}
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
+    with override_settings(MAILKIT={"BATCH_SIZE": 100, "LEASE_SECONDS": 300}):
+        (message,) = check_messages({"default": outbox, "smtp": smtp})
+    assert message.id == "django_mailkit.W006"
+    assert message.msg == (
+        "MAILERS['smtp']['OPTIONS']['rate'] is 1000/h: about 42 messages go out "
+        "in half a lease (150 s), fewer than a worker claims "
+        "(MAILKIT['BATCH_SIZE'] = 100); the rest of each batch goes back to the "
+        "queue."
+    )
+    assert message.hint.endswith("to 41 or less.")
+    with override_settings(MAILKIT={"BATCH_SIZE": 40, "LEASE_SECONDS": 300}):
+        assert check_messages({"default": outbox, "smtp": smtp}) == []
