@@ -402,8 +402,9 @@ def test_a_worker_with_no_token_sleeps_until_it_is_due(limited):
     limit_table = MailerLimit._meta.db_table
     statements = [q["sql"] for q in queries if limit_table in q["sql"]]
     # Take (none), when is the next one due, sleep, take: a few, however
-    # long the wait.
-    assert len(statements) <= 4, statements
+    # long the wait (twice that if it woke a hair early, by the database's
+    # clock; spinning would be hundreds).
+    assert len(statements) <= 6, statements
     assert sum(sleeps) >= 0.2
 
 
