@@ -55,6 +55,8 @@ logger = logging.getLogger("django_mailkit.suppression")
 MAX_ADDRESS_LENGTH = 320
 #: Addresses per query: well under every database's parameter limit.
 _CHUNK = 500
+#: Suppression.mailer's length.
+_MAX_MAILER = 100
 
 
 def normalise(value: Any, *, field: str = "address") -> str:
@@ -139,10 +141,29 @@ def suppress(
     """
     Put ``addresses`` on the suppression list; return how many were new.
 
+    ``addresses`` is a list (not one string), ``reason`` a
+    ``SuppressionReason`` value, ``mailer`` an outbox mailer alias or ""
+    for every mailer; anything else raises before anything is written.
     Idempotent: an address already listed for ``mailer`` keeps its entry
     (its first reason and date). Each address is normalised first; an
     invalid one raises InvalidAddress and nothing is written.
     """
+    if isinstance(addresses, str):
+        # A string is iterable too: each character would be "an address".
+        raise TypeError(
+            "suppress() takes a list of addresses, not one string: "
+            f"suppress([{addresses[:80]!r}], ...)."
+        )
+    if reason not in SuppressionReason.values:
+        choices = ", ".join(repr(value) for value in SuppressionReason.values)
+        raise ValueError(
+            f"suppress(): reason must be one of {choices} (got {reason!r:.60})."
+        )
+    if not isinstance(mailer, str) or len(mailer) > _MAX_MAILER:
+        raise ValueError(
+            f"suppress(): mailer must be an outbox mailer alias of at most "
+            f"{_MAX_MAILER} characters, or '' for every mailer (got {mailer!r:.60})."
+        )
     keys = list(dict.fromkeys(normalise(address) for address in addresses))
     db = using or router.db_for_write(Suppression)
     now = created_at or timezone.now()

@@ -279,6 +279,42 @@ def test_suppress_is_idempotent():
     assert first.created_at <= timezone.now()
 
 
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (
+            ("bob@example.com",),
+            {"reason": "imported"},
+            "suppress() takes a list of addresses, not one string: "
+            "suppress(['bob@example.com'], ...).",
+        ),
+        (
+            (["bob@example.com"],),
+            {"reason": "gone"},
+            "suppress(): reason must be one of 'bounced', 'unsubscribed', "
+            "'imported' (got 'gone').",
+        ),
+        (
+            (["bob@example.com"],),
+            {"reason": "imported", "mailer": "m" * 101},
+            "suppress(): mailer must be an outbox mailer alias of at most 100 "
+            "characters, or '' for every mailer (got " + repr("m" * 101)[:60] + ").",
+        ),
+        (
+            (["bob@example.com"],),
+            {"reason": "imported", "mailer": None},
+            "suppress(): mailer must be an outbox mailer alias of at most 100 "
+            "characters, or '' for every mailer (got None).",
+        ),
+    ],
+)
+def test_suppress_says_what_is_wrong_with_its_arguments(args, kwargs, message):
+    with pytest.raises((TypeError, ValueError)) as caught:
+        suppress(*args, **kwargs)
+    assert str(caught.value) == message
+    assert not Suppression.objects.exists()
+
+
 def test_unsuppress_then_requeue_sends_to_the_address_again(server):
     suppress(["back@example.com"], reason=SuppressionReason.UNSUBSCRIBED)
     record = send("m", ["a@example.com", "back@example.com"])
