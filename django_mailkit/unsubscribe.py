@@ -26,11 +26,13 @@ A bad or expired token gets 400 and writes nothing.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.encoding import iri_to_uri, punycode
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -126,11 +128,13 @@ def add_list_unsubscribe(
 
     ``request_or_base_url`` is the current request, or the site's base URL
     (``"https://example.com"``) where there is none (a worker, a command).
-    The URL must be HTTPS (RFC 8058 section 3.1). ``mailer`` is the outbox
-    mailer the unsubscribe applies to (the alias you send the message
-    with), or None for every mailer. ``address`` is the recipient; it
-    defaults to the message's only recipient: a message to several people
-    can't carry one unsubscribe link for each, so send one per recipient.
+    The URL must be HTTPS (RFC 8058 section 3.1); a Unicode host or path
+    is written IDNA- and percent-encoded, as a header must carry it.
+    ``mailer`` is the outbox mailer the unsubscribe applies to (the alias
+    you send the message with), or None for every mailer. ``address`` is
+    the recipient; it defaults to the message's only recipient: a message
+    to several people can't carry one unsubscribe link for each, so send
+    one per recipient.
     Existing ``List-Unsubscribe`` headers are replaced. Sign these headers
     with DKIM: providers only trust a one-click header that is signed.
     """
@@ -156,6 +160,7 @@ def add_list_unsubscribe(
         url = base + path
     else:
         url = request_or_base_url.build_absolute_uri(path)
+    url = _ascii_url(url)
     if not url.lower().startswith("https://") or any(c in url for c in "<>\r\n "):
         raise ValueError(
             f"RFC 8058 requires an HTTPS URL for one-click unsubscribe; got "
@@ -168,6 +173,27 @@ def add_list_unsubscribe(
     headers["List-Unsubscribe"] = f"<{url}>"
     headers["List-Unsubscribe-Post"] = ONE_CLICK
     return url
+
+
+def _ascii_url(url: str) -> str:
+    """
+    ``url`` in ASCII: a header with anything else is RFC 2047-encoded, and
+    no provider reads that as a URL. The host is IDNA-encoded, the rest
+    percent-encoded; a URL that is already ASCII is returned as it is.
+    """
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        try:
+            netloc = punycode(netloc)
+        except UnicodeError:
+            raise ValueError(
+                f"The unsubscribe URL's host {netloc[:100]!r} is not a valid "
+                f"domain name."
+            ) from None
+    return iri_to_uri(urlunsplit(parts._replace(netloc=netloc)))
 
 
 # RFC 8058: the provider's POST carries no CSRF token; the signed token is

@@ -74,6 +74,22 @@ def test_the_headers():
     assert names == ["List-Unsubscribe", "List-Unsubscribe-Post"]
 
 
+def test_a_unicode_base_url_gives_an_ascii_header():
+    # Non-ASCII in the header would be RFC 2047-encoded, which no provider
+    # reads as a URL (RFC 2369: a URL between angle brackets): the one-click
+    # link would silently not exist.
+    msg = message()
+    url = add_list_unsubscribe(msg, "https://bücher.example/für-sie", mailer=None)
+    assert url.startswith("https://xn--bcher-kva.example/f%C3%BCr-sie/mail/")
+    header = msg.message()["List-Unsubscribe"]
+    assert header == f"<{url}>"
+    assert b"List-Unsubscribe: <https://xn--bcher-kva.example/" in (
+        msg.message().as_bytes()
+    )
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    assert read_token(token) == ("ann@example.com", "")
+
+
 @override_settings(ALLOWED_HOSTS=["shop.example.com"])
 def test_the_link_from_a_request():
     request = RequestFactory().get("/", secure=True, HTTP_HOST="shop.example.com")
