@@ -131,7 +131,8 @@ def add_list_unsubscribe(
     The URL must be HTTPS (RFC 8058 section 3.1); a Unicode host or path
     is written IDNA- and percent-encoded, as a header must carry it.
     ``mailer`` is the outbox mailer the unsubscribe applies to (the alias
-    you send the message with), or None for every mailer. ``address`` is
+    you send the message with; any other raises ValueError), or None for
+    every mailer. ``address`` is
     the recipient; it defaults to the message's only recipient: a message
     to several people can't carry one unsubscribe link for each, so send
     one per recipient.
@@ -148,6 +149,8 @@ def add_list_unsubscribe(
             )
         address = str(recipients[0])
     token = make_token(address, mailer=mailer)
+    if mailer is not None:
+        _check_outbox_mailer(mailer)
     try:
         path = reverse("django_mailkit:unsubscribe", args=[token])
     except NoReverseMatch as exc:
@@ -173,6 +176,27 @@ def add_list_unsubscribe(
     headers["List-Unsubscribe"] = f"<{url}>"
     headers["List-Unsubscribe-Post"] = ONE_CLICK
     return url
+
+
+def _check_outbox_mailer(alias: str) -> None:
+    # An entry for any other alias is one no delivery looks at: the person
+    # who unsubscribed would still be mailed.
+    from .backends.outbox import EmailBackend as OutboxBackend
+    from .handler import mailers
+
+    hint = (
+        "pass the outbox mailer alias you send the message with, or None for "
+        "every mailer."
+    )
+    if alias not in mailers:
+        raise ValueError(
+            f"add_list_unsubscribe(): mailer {alias!r} is not in MAILERS; {hint}"
+        )
+    if not isinstance(mailers[alias], OutboxBackend):
+        raise ValueError(
+            f"add_list_unsubscribe(): mailer {alias!r} is not an outbox mailer, "
+            f"and the suppression list applies to outbox mailers only; {hint}"
+        )
 
 
 def _ascii_url(url: str) -> str:

@@ -48,6 +48,21 @@ def path_of(url):
     return url[len(BASE) :]
 
 
+@pytest.fixture(autouse=True)
+def newsletter_mailer():
+    # The links below are for the outbox mailer "newsletter".
+    with override_settings(
+        MAILERS={
+            "default": {"BACKEND": "django_mailkit.backends.locmem.EmailBackend"},
+            "newsletter": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "default"},
+            },
+        }
+    ):
+        yield
+
+
 @pytest.fixture
 def client():
     # As a mail provider's POST: no cookie, no CSRF token; checks enforced.
@@ -118,6 +133,21 @@ def test_the_link_from_a_request():
             "Invalid address",
         ),
         (lambda: add_list_unsubscribe(message(), BASE + "/a b", mailer=None), "HTTPS"),
+        # A link for a mailer that is not the outbox one you send with would
+        # list the address where no delivery looks: the person stays mailed.
+        (
+            lambda: add_list_unsubscribe(message(), BASE, mailer="newsleter"),
+            "add_list_unsubscribe(): mailer 'newsleter' is not in MAILERS; pass "
+            "the outbox mailer alias you send the message with, or None for "
+            "every mailer.",
+        ),
+        (
+            lambda: add_list_unsubscribe(message(), BASE, mailer="default"),
+            "add_list_unsubscribe(): mailer 'default' is not an outbox mailer, "
+            "and the suppression list applies to outbox mailers only; pass the "
+            "outbox mailer alias you send the message with, or None for every "
+            "mailer.",
+        ),
     ],
 )
 def test_the_helper_refuses_what_it_cannot_do_right(call, error):
