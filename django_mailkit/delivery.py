@@ -244,8 +244,14 @@ def deliver_batch(
     stopping = should_stop or (lambda: False)
     recorder = _Recorder(worker, lease, result)
     # The mailers' shared limits (django_mailkit.limits): a token and a
-    # connection slot for each message before its attempt is counted.
-    gate = Gate(messages, worker=worker, lease=lease, should_stop=stopping)
+    # connection slot for each message before its attempt is counted, but
+    # for one with nobody left to send to, which opens no connection.
+    gate = Gate(
+        [m for m in messages if pending[m.pk]],
+        worker=worker,
+        lease=lease,
+        should_stop=stopping,
+    )
     # Messages of the groups begun so far: True if this worker's attempt
     # was counted (it holds the lease), False if the lease was lost.
     begun: dict[int, bool] = {}
@@ -260,7 +266,7 @@ def deliver_batch(
                         result.add(Result.LEASE_LOST, rest.pk)
                 break
             if record.pk not in begun:
-                group = _admitted(gate, recorder, _group(messages, index))
+                group = _admitted(gate, recorder, _group(messages, index), pending)
                 if not group:
                     # Its mailer's limits can't let it go before half the
                     # lease is spent: back to the queue, untried, uncharged.
@@ -316,7 +322,10 @@ def deliver_batch(
 
 
 def _admitted(
-    gate: Gate, recorder: _Recorder, group: list[OutboxMessage]
+    gate: Gate,
+    recorder: _Recorder,
+    group: list[OutboxMessage],
+    pending: Mapping[int, list[str]],
 ) -> list[OutboxMessage]:
     """
     The first messages of ``group`` the mailers' limits let go now.
@@ -324,16 +333,21 @@ def _admitted(
     The first may wait for its token (or slot); the outcomes not written
     yet are written first, so that a wait doesn't hold them back. The
     others only use tokens that take already got: the group ends at the
-    first that can't go.
+    first that can't go. A message with no ``pending`` recipient opens no
+    connection: it needs neither token nor slot.
     """
+
+    def admit(record: OutboxMessage, **how: bool) -> bool:
+        return not pending[record.pk] or gate.admit(record, **how)
+
     first, *rest = group
-    if not gate.admit(first, wait=False):
+    if not admit(first, wait=False):
         recorder.flush()
-        if not gate.admit(first):
+        if not admit(first):
             return []
     admitted = [first]
     for record in rest:
-        if not gate.admit(record, wait=False, take=False):
+        if not admit(record, wait=False, take=False):
             break
         admitted.append(record)
     return admitted

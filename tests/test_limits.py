@@ -442,3 +442,23 @@ def test_a_rate_too_slow_for_a_batch_is_a_warning():
     assert message.hint.endswith("to 41 or less.")
     with override_settings(MAILKIT={"BATCH_SIZE": 40, "LEASE_SECONDS": 300}):
         assert check_messages({"default": outbox, "smtp": smtp}) == []
+
+
+def test_a_message_with_every_recipient_suppressed_takes_no_token_or_slot(limited):
+    from django_mailkit.suppression import suppress
+
+    suppress([f"u{i}@example.com" for i in range(3)], reason="bounced")
+    # One token a minute: a second take would wait past half the lease.
+    with limited.configure(rate="1/m", max_connections_total=1, lease=4):
+        queue(3)
+        started = time.monotonic()
+        stats = Worker(once=True, interval=0).run()
+        assert time.monotonic() - started < 1
+        assert stats.suppressed == 3
+        assert not limited.sessions
+        # No bucket was touched, no slot taken.
+        assert not MailerLimit.objects.exists()
+        assert not ConnectionSlot.objects.exists()
+        # The bucket's one token is still there for a message to send.
+        EmailMessage("m", "body", "f@example.com", ["other@example.com"]).send()
+        assert Worker(once=True, interval=0).run().sent == 1
