@@ -22,6 +22,7 @@ and so is a cell that starts with ``'``; import takes one such ``'`` off.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,7 +57,11 @@ COLUMNS = (
 )
 #: Rows listed at most in one error (the rest are counted).
 MAX_ERRORS_SHOWN = 20
-_FORMULA = ("=", "+", "-", "@", "\t", "\r", "'")
+#: Where a spreadsheet may start a cell: the start, or after a separator
+#: (whichever its locale uses) or a line break. A formula character there
+#: gets a ``'`` before it; import takes exactly those off again.
+_DEFUSE = re.compile(r"(^|[;,|\t\r\n])(?=[=+\-@\t\r'])")
+_RESTORE = re.compile(r"(^|[;,|\t\r\n])'(?=[=+\-@\t\r'])")
 _CHUNK = 500
 #: Error lines kept (the rest are counted).
 _ERRORS_KEPT = 1000
@@ -91,13 +96,11 @@ class ImportResult:
 
 
 def _cell(value: str) -> str:
-    return "'" + value if value.startswith(_FORMULA) else value
+    return _DEFUSE.sub(r"\1'", value)
 
 
 def _uncell(value: str) -> str:
-    if value.startswith("'") and value[1:2] and value[1] in _FORMULA:
-        return value[1:]
-    return value
+    return _RESTORE.sub(r"\1", value)
 
 
 def export_csv(stream: IO[str], queryset: Iterable[Suppression]) -> int:

@@ -1,6 +1,8 @@
 """``manage.py mailkit_suppressions``: CSV in, CSV out, every row checked."""
 
+import csv
 import io
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -274,3 +276,25 @@ def test_a_bad_row_after_many_good_ones_still_imports_nothing(tmp_path):
     out, _ = run("import", path)
     assert out.startswith("Imported 1200 new addresses;")
     assert Suppression.objects.count() == 1200
+
+
+def test_a_formula_after_a_separator_inside_a_cell_is_defused(tmp_path):
+    # A hostile server's reply: a spreadsheet whose list separator is ";"
+    # splits the cell there and would run what follows.
+    reply = "5.1.1 unknown;=cmd|' /C calc'!A0"
+    suppress(["gone@example.com"], reason="bounced", smtp_code=550, smtp_reply=reply)
+    tricky = "a;'b,+c|-d\t@e\n=f;g"
+    suppress(["x@example.com"], reason="bounced", smtp_code=550, smtp_reply=tricky)
+    out, _ = run("export")
+    assert "5.1.1 unknown;'=cmd|'' /C calc'!A0" in out
+    # No separator in any cell is followed by a formula character.
+    for cell in (c for line in csv.reader(io.StringIO(out)) for c in line):
+        assert not re.search(r"[;,\t|\r\n][=+\-@\t\r]", cell), cell
+    path = tmp_path / "out.csv"
+    path.write_text(out, encoding="utf-8")
+    Suppression.objects.all().delete()
+    run("import", str(path))
+    assert dict(Suppression.objects.values_list("address", "smtp_reply")) == {
+        "gone@example.com": reply,
+        "x@example.com": tricky,
+    }
