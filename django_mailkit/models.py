@@ -913,6 +913,15 @@ class Suppression(models.Model):
     def __str__(self) -> str:
         return self.address
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, with the address in the form delivery compares (or refuse it)."""
+        # Rows written directly (the shell, a data migration) must match
+        # too. Bulk writes (suppress(), import) normalise on their own path.
+        from .suppression import normalise
+
+        self.address = normalise(self.address)
+        super().save(*args, **kwargs)
+
 
 # The shared limits' models live with their logic (limits.py); imported here
 # so that Django finds them.

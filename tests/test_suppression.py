@@ -335,3 +335,22 @@ def test_unsuppress_then_requeue_sends_to_the_address_again(server):
     assert record.status == Status.SENT
     assert rcpt_to(server) == ["a@example.com", "back@example.com"]
     assert states(record)["back@example.com"][:2] == (RecipientStatus.SENT, 250)
+
+
+def test_a_row_written_directly_is_normalised_and_matched(server):
+    # As the admin, a shell or a data migration would write it.
+    Suppression.objects.create(address=" Bob@Example.COM ", reason="imported")
+    assert Suppression.objects.get().address == "bob@example.com"
+    record = send("direct", ["BOB@example.com"])
+    deliver()
+    record.refresh_from_db()
+    assert record.status == Status.SUPPRESSED
+    assert rcpt_to(server) == []
+
+
+def test_a_row_written_directly_with_a_bad_address_is_refused(server):
+    with pytest.raises(
+        InvalidAddress, match=r"^Invalid address 'nobody': it has no domain"
+    ):
+        Suppression.objects.create(address="nobody", reason="imported")
+    assert not Suppression.objects.exists()
