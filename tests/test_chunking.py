@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_mailkit import EmailMessage, InvalidMailer, mailers
 from django_mailkit.models import OutboxMessage, RecipientStatus, Status
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 
 def smtp_mailer(server, **options):
@@ -99,13 +100,9 @@ def test_outbox_2500_recipients_past_a_server_limit_of_1000(smtp_server, limit):
     smtp_server.max_recipients = 1000
     to = addresses(2500)
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": smtp_mailer(smtp_server, max_recipients_per_transaction=limit),
-        },
+        MAILERS=outbox_via_smtp(
+            smtp_server, timeout=5, max_recipients_per_transaction=limit
+        ),
         MAILKIT={"USE_TASKS": False},
     ):
         message = EmailMessage("Many", "body", "from@example.com", bcc=to)
@@ -136,13 +133,7 @@ def test_outbox_connection_lost_between_transactions(smtp_server):
     smtp_server.hang_up_during_data(times=1, skip=1)
     to = addresses(250)
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": smtp_mailer(smtp_server),
-        },
+        MAILERS=outbox_via_smtp(smtp_server, timeout=5),
         MAILKIT={"USE_TASKS": False},
     ):
         assert (

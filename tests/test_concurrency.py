@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from django_mailkit import EmailMessage, mailers
 from django_mailkit.models import Attempt, OutboxMessage, Priority, Status
+from tests.mailers import outbox_via_smtp
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
@@ -37,16 +38,7 @@ MESSAGE_ID = re.compile(rb"^Message-ID: (<[^>]+>)", re.MULTILINE | re.IGNORECASE
 def outbox_to(smtp_server):
     """Queue through the outbox (no tasks) for an SMTP mailer at the sink."""
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {"host": smtp_server.host, "port": smtp_server.port},
-            },
-        },
+        MAILERS=outbox_via_smtp(smtp_server),
         MAILKIT={"USE_TASKS": False},
     ):
         yield smtp_server

@@ -29,6 +29,7 @@ from django_mailkit.dkim import SigningError, signer_from_option
 from django_mailkit.models import OutboxMessage, Status
 from django_mailkit.rendering import render_bytes
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 DOMAIN = "example.com"
 SELECTOR = "mk2026"
@@ -359,13 +360,7 @@ def test_a_stored_message_that_cannot_be_signed_fails_unsent(
     # A tampered row: a header line dkimpy can't parse. It must fail with
     # the reason recorded, not go out unsigned, and not be retried forever.
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": smtp_mailer(smtp_server, dkim_option(private_pem)),
-        },
+        MAILERS=outbox_via_smtp(smtp_server, timeout=5, dkim=dkim_option(private_pem)),
         MAILKIT={"USE_TASKS": False},
     ):
         mailers.default.send_messages([plain()])

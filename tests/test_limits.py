@@ -23,6 +23,7 @@ from django_mailkit.limits import (
 )
 from django_mailkit.models import Attempt, OutboxMessage, Status
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 from tests.smtpserver import SMTPTestServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -221,21 +222,7 @@ def limited():
 
     def configure(lease=60, **limits):
         return override_settings(
-            MAILERS={
-                "default": {
-                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                    "OPTIONS": {"deliver_using": "smtp"},
-                },
-                "smtp": {
-                    "BACKEND": SMTP,
-                    "OPTIONS": {
-                        "host": server.host,
-                        "port": server.port,
-                        "timeout": 5,
-                        **limits,
-                    },
-                },
-            },
+            MAILERS=outbox_via_smtp(server, timeout=5, **limits),
             MAILKIT={"USE_TASKS": False, "LEASE_SECONDS": lease},
         )
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django_mailkit import EmailMessage, mailers
 from django_mailkit.limits import ConnectionSlot
 from django_mailkit.models import Attempt, OutboxMessage, Priority, Recipient
+from tests.mailers import outbox_via_smtp
 from tests.smtpserver import SMTPTestServer
 from tests.test_concurrency import MESSAGE_ID, ROOT, finish, wait_until
 
@@ -38,16 +39,7 @@ def sink():
     server = SMTPTestServer(pipelining=True)
     server.start()
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {"host": server.host, "port": server.port},
-            },
-        },
+        MAILERS=outbox_via_smtp(server),
         MAILKIT={"USE_TASKS": False},
     ):
         yield server

@@ -19,6 +19,7 @@ from django_mailkit.models import (
     Status,
 )
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 from .rawsmtp import RawSMTP
 
@@ -27,16 +28,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 def outbox_to(server, **mailkit):
     return override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5},
-            },
-        },
+        MAILERS=outbox_via_smtp(server, timeout=5),
         MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 2, **mailkit},
     )
 

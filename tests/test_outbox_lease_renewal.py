@@ -14,6 +14,7 @@ from django.test import override_settings
 from django_mailkit import send_mail
 from django_mailkit.models import OutboxMessage, Status
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 from .rawsmtp import RawSMTP
 
@@ -25,21 +26,7 @@ def server():
     # Five transactions of one recipient each, 0.4 s apiece: twice the lease.
     server = RawSMTP(rcpt_delay=0.4)
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {
-                    "host": server.host,
-                    "port": server.port,
-                    "timeout": 5,
-                    "max_recipients_per_transaction": 1,
-                },
-            },
-        },
+        MAILERS=outbox_via_smtp(server, timeout=5, max_recipients_per_transaction=1),
         MAILKIT={"USE_TASKS": False, "LEASE_SECONDS": 1},
     ):
         yield server

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_mailkit import EmailMessage, mailers
 from django_mailkit.models import OutboxMessage, RecipientStatus, Status
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -20,16 +21,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 def server(smtp_server_factory):
     server = smtp_server_factory()
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5},
-            },
-        },
+        MAILERS=outbox_via_smtp(server, timeout=5),
         MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 3},
     ):
         yield server

@@ -11,6 +11,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
+from tests.mailers import outbox_via_smtp
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -148,16 +150,8 @@ def test_exit_status_and_no_traceback(closed_port):
 
 @pytest.fixture
 def outbox_server(server):
-    smtp = {
-        "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-        "OPTIONS": {"host": server.host, "port": server.port, "timeout": 5},
-    }
-    outbox = {
-        "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-        "OPTIONS": {"deliver_using": "smtp"},
-    }
     with override_settings(
-        MAILERS={"default": outbox, "smtp": smtp}, MAILKIT={"USE_TASKS": True}
+        MAILERS=outbox_via_smtp(server, timeout=5), MAILKIT={"USE_TASKS": True}
     ):
         yield server
 

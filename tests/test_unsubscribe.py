@@ -28,6 +28,7 @@ from django_mailkit.unsubscribe import (
     read_token,
 )
 from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
 
 pytestmark = pytest.mark.django_db
 
@@ -333,20 +334,7 @@ def test_an_unsubscribed_unicode_address_is_skipped_in_any_unicode_form(
     url = add_list_unsubscribe(message([nfc]), BASE, mailer=None)
     assert client.post(path_of(url), ONE_CLICK).status_code == 200
     with override_settings(
-        MAILERS={
-            "default": {
-                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                "OPTIONS": {"deliver_using": "smtp"},
-            },
-            "smtp": {
-                "BACKEND": "django_mailkit.backends.smtp.EmailBackend",
-                "OPTIONS": {
-                    "host": smtp_server.host,
-                    "port": smtp_server.port,
-                    "timeout": 5,
-                },
-            },
-        },
+        MAILERS=outbox_via_smtp(smtp_server, timeout=5),
         MAILKIT={"USE_TASKS": False},
     ):
         assert mailers["default"].send_messages([message([nfd, nfc])]) == 1
