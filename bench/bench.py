@@ -50,6 +50,20 @@ def say(line: str = "") -> None:
     print(line, flush=True)
 
 
+def outbox_into_sink(port: int) -> dict[str, object]:
+    """Settings: the outbox, delivered (by workers, no tasks) into the sink."""
+    return {
+        "MAILERS": {
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "smtp"},
+            },
+            "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
+        },
+        "MAILKIT": {"USE_TASKS": False},
+    }
+
+
 def report(
     section: str, label: str, ours: float, theirs: float, unit: str = "msg/s"
 ) -> None:
@@ -498,14 +512,7 @@ def bench_outbox(quick: bool, drain: int | None, batch: int = 200) -> None:
     OutboxMessage.objects.all().delete()
     with smtp_sink() as port:
         with override_settings(
-            MAILERS={
-                "default": {
-                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                    "OPTIONS": {"deliver_using": "smtp"},
-                },
-                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
-            },
-            MAILKIT={"USE_TASKS": False},
+            **outbox_into_sink(port),
         ):
             backend = mailkit.mailers.default
             started = time.perf_counter()
@@ -624,14 +631,7 @@ def bench_memory(quick: bool) -> None:
     OutboxMessage.objects.all().delete()
     with smtp_sink() as port:
         with override_settings(
-            MAILERS={
-                "default": {
-                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                    "OPTIONS": {"deliver_using": "smtp"},
-                },
-                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
-            },
-            MAILKIT={"USE_TASKS": False},
+            **outbox_into_sink(port),
         ):
             # Incompressible bytes, so nothing shrinks them on the way.
             payload = os.urandom(size * 3 // 4)  # base64 makes it ~30 MB
@@ -759,14 +759,7 @@ def bench_rate_limit(quick: bool, batch: int = 200) -> None:
     with (
         smtp_sink() as port,
         override_settings(
-            MAILERS={
-                "default": {
-                    "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
-                    "OPTIONS": {"deliver_using": "smtp"},
-                },
-                "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": port}},
-            },
-            MAILKIT={"USE_TASKS": False},
+            **outbox_into_sink(port),
         ),
     ):
         unlimited = [drain(port, None)]

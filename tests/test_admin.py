@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 import django
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core import mail
 from django.db import connection, transaction
 from django.test import Client, override_settings
@@ -47,6 +47,7 @@ from django_mailkit.models import (
     Suppression,
 )
 from django_mailkit.worker import Worker
+from tests.admin_users import staff
 from tests.smtpserver import SMTPTestServer, mailer_config
 
 pytestmark = pytest.mark.django_db
@@ -106,21 +107,6 @@ def set_status(record, status):
 
 def admin_url(name, *args):
     return reverse(f"admin:django_mailkit_outboxmessage_{name}", args=args)
-
-
-def staff(*codenames, username="staff"):
-    """A logged-in client for a staff user with just these permissions."""
-    # No password: hashing one costs more than the rest of a test.
-    user = User.objects.create_user(username, is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="django_mailkit", codename__in=codenames
-        )
-    )
-    assert user.user_permissions.count() == len(codenames)
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def superuser(username="root", **client_options):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -24,6 +24,7 @@ from django_mailkit.models import (
     SuppressionReason,
 )
 from django_mailkit.suppression import suppress
+from tests.admin_users import staff
 
 pytestmark = pytest.mark.django_db
 
@@ -32,19 +33,6 @@ LOGIN = reverse("admin:login")
 
 def url(name, *args):
     return reverse(f"admin:django_mailkit_suppression_{name}", args=args)
-
-
-def staff(*codenames, username="staff"):
-    user = User.objects.create_user(username, is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="django_mailkit", codename__in=codenames
-        )
-    )
-    assert user.user_permissions.count() == len(codenames)
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def listed():

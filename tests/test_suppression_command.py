@@ -27,6 +27,21 @@ MAILERS = {
 }
 
 
+def stored():
+    """Every entry's every field (but its id), in a stable order."""
+    return sorted(
+        Suppression.objects.values_list(
+            "address",
+            "mailer",
+            "reason",
+            "smtp_code",
+            "smtp_reply",
+            "source",
+            "created_at",
+        )
+    )
+
+
 @pytest.fixture(autouse=True)
 def mailers_configured():
     with override_settings(MAILERS=MAILERS):
@@ -191,33 +206,13 @@ def test_export_then_import_round_trips_and_defuses_formulas(tmp_path):
         "''quoted@example.com,,unsubscribed,,,,2026-11-30T12:00:00+00:00",
         "plain@example.com,,imported,,,,2026-11-30T12:00:00+00:00",
     ]
-    before = sorted(
-        Suppression.objects.values_list(
-            "address",
-            "mailer",
-            "reason",
-            "smtp_code",
-            "smtp_reply",
-            "source",
-            "created_at",
-        )
-    )
+    before = stored()
     path = str(tmp_path / "out.csv")
     out, _ = run("export", path)
     assert out == f"Exported 3 entries to {path}.\n"
     Suppression.objects.all().delete()
     run("import", path)
-    after = sorted(
-        Suppression.objects.values_list(
-            "address",
-            "mailer",
-            "reason",
-            "smtp_code",
-            "smtp_reply",
-            "source",
-            "created_at",
-        )
-    )
+    after = stored()
     assert after == before
 
 
