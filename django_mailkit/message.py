@@ -128,6 +128,39 @@ class MIMEMessage(email.message.EmailMessage):
     did, because Django 5.2's SMTP backend calls ``as_bytes(linesep="\\r\\n")``.
     """
 
+    # The email package's list of (name, header object); typeshed omits it.
+    _headers: list[tuple[str, Any]]
+
+    def __setitem__(self, name: str, val: Any) -> None:
+        """Set a header, as the ``email`` package does (see registry_class())."""
+        cls = rendering.registry_class(self.policy, name)
+        if cls is None or (isinstance(val, str) and len(val.splitlines()) > 1):
+            # The email package's own way, and its own error for line breaks.
+            super().__setitem__(name, val)
+            return
+        max_count = cls.max_count  # type: ignore[attr-defined]
+        if max_count:
+            lname = name.lower()
+            found = sum(1 for key, _ in self._headers if key.lower() == lname)
+            if found >= max_count:
+                super().__setitem__(name, val)  # raises the email package's error
+                return
+        if not (hasattr(val, "name") and val.name.lower() == name.lower()):
+            val = rendering.new_header(cls, name, val)
+        self._headers.append((name, val))
+
+    def replace_header(self, _name: str, _value: Any) -> None:
+        """Replace the first ``_name`` header, keeping its place and its name."""
+        if isinstance(_value, str) and len(_value.splitlines()) <= 1:
+            lname = _name.lower()
+            for key, _ in self._headers:
+                if key.lower() == lname:
+                    cls = rendering.registry_class(self.policy, key)
+                    if cls is not None:
+                        _value = rendering.new_header(cls, key, _value)
+                    break
+        super().replace_header(_name, _value)
+
     def as_bytes(
         self,
         unixfrom: bool = False,

@@ -44,8 +44,10 @@ from datetime import datetime
 from email.headerregistry import (
     Address,
     AddressHeader,
+    DateHeader,
     Group,
     HeaderRegistry,
+    MessageIDHeader,
     UnstructuredHeader,
 )
 from email.utils import format_datetime
@@ -86,6 +88,7 @@ _WORD_BYTES = 45
 # Policies.
 
 _DEFAULT = email.policy.default
+_DEFAULT_FACTORY: Any = _DEFAULT.header_factory
 
 
 def _standard_registry(factory: Any) -> bool:
@@ -278,15 +281,18 @@ class _Formatted:
     value_parser: Any
 
     def fold(self, *, policy: email.policy.Policy) -> str:
-        if not isinstance(policy, email.policy.EmailPolicy):
-            if self._parse_tree is None:
-                self._parse_tree = self.value_parser(str(self))
-            return super().fold(policy=policy)  # type: ignore[misc, no-any-return]
-        return self._write(
-            utf8=policy.utf8, linesep=policy.linesep, limit=_line_limit(policy)
-        )
+        if isinstance(policy, email.policy.EmailPolicy):
+            folded = self._write(
+                utf8=policy.utf8, linesep=policy.linesep, limit=_line_limit(policy)
+            )
+            if folded is not None:
+                return folded
+        if self._parse_tree is None:
+            self._parse_tree = self.value_parser(str(self))
+        return super().fold(policy=policy)  # type: ignore[misc, no-any-return]
 
-    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str:
+    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
+        """Return the folded header, or None to fold it the standard way."""
         raise NotImplementedError
 
 
@@ -301,7 +307,7 @@ class _FormattedAddresses(_Formatted):
         kwds["decoded"] = ", ".join(str(group) for group in value)
         kwds["parse_tree"] = None
 
-    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str:
+    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
         groups = list(self.groups)
         return format_addresses(
             self.name, groups, utf8=utf8, linesep=linesep, limit=limit
@@ -318,13 +324,127 @@ class _FormattedText(_Formatted):
             kwds["decoded"] = value
             kwds["parse_tree"] = None
 
-    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str:
+    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
         # str(self) is the text as the email package decoded it when set.
         text = str(self)
         return _unstructured(self.name, text, utf8=utf8, linesep=linesep, limit=limit)
 
 
+class _FormattedDate(_Formatted):
+    @classmethod
+    def parse(cls, value: datetime, kwds: dict[str, Any]) -> None:
+        # As DateHeader.parse() does for a datetime, less the parse.
+        kwds["datetime"] = value
+        kwds["decoded"] = format_datetime(value)
+        kwds["parse_tree"] = None
+
+    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
+        # An RFC 5322 date is short ASCII: the email package writes it as is
+        # on any line long enough.
+        line = f"{self.name}: {self}"
+        return line + linesep if len(line) <= limit else None
+
+
+# A Message-ID as make_msgid() writes it: <dot-atom-text@dot-atom-text>.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_SIMPLE_MSGID = re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>\\Z")
+
+
+class _FormattedMessageID(_Formatted):
+    """A simple Message-ID, which parses to exactly its own text."""
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        kwds["decoded"] = value
+        kwds["parse_tree"] = None
+
+    def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
+        line = f"{self.name}: {self}"
+        # A longer line is the email package's to fold (it moves the msg-id
+        # to a line of its own when it fits there, and never breaks it).
+        return line + linesep if len(line) <= limit else None
+
+
+class _SharedFold:
+    """
+    Remember how a shared header object folds (see new_header()).
+
+    Folding depends only on the policy's line end, line length and utf8
+    flag; the header object itself never changes.
+    """
+
+    def fold(self, *, policy: email.policy.Policy) -> str:
+        if not isinstance(policy, email.policy.EmailPolicy):
+            return super().fold(policy=policy)  # type: ignore[misc, no-any-return]
+        key = (policy.linesep, policy.max_line_length, policy.utf8)
+        folds: dict[tuple[str, int | None, bool], str] = self.__dict__.setdefault(
+            "_folds", {}
+        )
+        folded = folds.get(key)
+        if folded is None:
+            folded = folds[key] = super().fold(policy=policy)  # type: ignore[misc]
+        return folded
+
+
 _FORMATTED_CLASSES: dict[tuple[type, type], type] = {}
+_REGISTRY_CLASSES: dict[str, type] = {}
+_SHARED_CLASSES: dict[type, type] = {}
+# The headers set_content() and friends write: a handful of values, the
+# same in every message.
+_SHARED_NAMES = frozenset(
+    {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
+)
+_SHARED_HEADERS: dict[tuple[type, str, str], Any] = {}
+
+
+def registry_class(policy: Any, name: str) -> type | None:
+    """
+    Return the header class ``policy`` makes for ``name``, made once.
+
+    The standard registry makes a new class (``type()``) at every lookup,
+    twice per header set, which was most of the cost of ``message()``; the
+    class made here has the same bases, so its instances behave the same.
+    None for a policy that is not a plain ``EmailPolicy`` with the standard
+    registry: its own ``header_factory`` is then left to do its work.
+    """
+    if type(policy) is not email.policy.EmailPolicy:
+        return None
+    factory: Any = policy.header_factory
+    if factory is not _DEFAULT_FACTORY and not _standard_registry(factory):
+        return None
+    # Every standard registry maps a name to the same class.
+    made = _REGISTRY_CLASSES.get(name)
+    if made is None:
+        cls = factory.registry.get(name.lower(), factory.default_class)
+        made = type("_" + cls.__name__, (cls, factory.base_class), {})
+        if len(_REGISTRY_CLASSES) >= 1024:
+            _REGISTRY_CLASSES.clear()
+        _REGISTRY_CLASSES[name] = made
+    return made
+
+
+def new_header(cls: type, name: str, value: Any) -> Any:
+    """
+    Return ``cls(name, value)``, a header object from ``registry_class()``.
+
+    A MIME structure header (Content-Type, ...) is parsed once per distinct
+    text and its object shared: header objects are immutable strings.
+    """
+    if type(value) is not str or name.lower() not in _SHARED_NAMES:
+        return cls(name, value)
+    key = (cls, name, value)
+    made = _SHARED_HEADERS.get(key)
+    if made is None:
+        shared = _SHARED_CLASSES.get(cls)
+        if shared is None:
+            # Module-level bases, so the header still pickles.
+            shared = type(cls.__name__, (_SharedFold, *cls.__bases__), {})
+            _SHARED_CLASSES[cls] = shared
+        made = shared(name, value)
+        if len(_SHARED_HEADERS) >= 1024:
+            _SHARED_HEADERS.clear()
+        _SHARED_HEADERS[key] = made
+    return made
 
 
 def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
@@ -337,15 +457,23 @@ def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
     writes. Any other header, or another registry, gets the value as it is.
     """
     factory: Any = getattr(policy, "header_factory", None)
-    if not _standard_registry(factory) or isinstance(value, datetime):
+    if not _standard_registry(factory):
         return value
     # The registry's class for the name, without its __getitem__, which
     # makes a new class at every call.
     cls = factory.registry.get(name.lower(), factory.default_class)
-    if isinstance(value, list):
+    if isinstance(value, datetime):
+        if not issubclass(cls, DateHeader):
+            return value
+        mixin: type = _FormattedDate
+    elif issubclass(cls, MessageIDHeader):
+        if not (isinstance(value, str) and _SIMPLE_MSGID.match(value)):
+            return value
+        mixin = _FormattedMessageID
+    elif isinstance(value, list):
         if not issubclass(cls, AddressHeader):
             return value
-        mixin: type = _FormattedAddresses
+        mixin = _FormattedAddresses
     elif issubclass(cls, UnstructuredHeader):
         mixin = _FormattedText
     else:

@@ -13,6 +13,7 @@ control character in a filename, another charset, a subclass, a policy.
 
 import email
 import email.contentmanager
+import email.message
 import email.policy
 import pickle
 import re
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from django_mailkit import EmailMessage, EmailMultiAlternatives, rendering
 from django_mailkit.exceptions import InvalidAddress
+from django_mailkit.message import MIMEMessage
 from django_mailkit.rendering import render_bytes
 
 POLICIES = {
@@ -569,6 +571,177 @@ class TestHeaderObjects:
         value = "=?utf-8?q?hi?= there"
         ours = rendering.header(email.policy.default, "Subject", value)
         assert str(ours) == "hi there"
+
+
+FOLD_POLICIES = [
+    email.policy.default,
+    email.policy.SMTP,
+    email.policy.SMTPUTF8,
+    email.policy.default.clone(max_line_length=40),
+    email.policy.SMTP.clone(max_line_length=None),
+    email.policy.default.clone(max_line_length=20),
+]
+SET_HEADERS = [
+    ("Content-Type", "text/plain"),
+    ("Content-Type", 'text/plain; charset="utf-8"'),
+    ("content-type", "multipart/mixed; boundary=xyz"),
+    ("Content-Type", "application/pdf; name*=utf-8''%C3%BC.pdf"),
+    ("Content-Transfer-Encoding", "quoted-printable"),
+    ("MIME-Version", "1.0"),
+    ("Content-Disposition", 'attachment; filename="invoice.pdf"'),
+    ("Content-Disposition", "attachment; filename=" + "x" * 90 + ".pdf"),
+    ("Date", "Sat, 21 Nov 2026 10:00:00 +0000"),
+    ("Date", "not a date"),
+    ("Message-ID", "<fixed@example.com>"),
+    ("Message-ID", "<" + "a" * 80 + "@example.com>"),
+    ("Message-ID", "no brackets@example.com"),
+    ("Message-ID", "<a b@example.com>"),
+    ("X-Custom", "ü " * 40),
+    ("To", "Ann <ann@example.com>, bob@example.com"),
+]
+
+
+def header_facts(value, policy):
+    return (
+        str(value),
+        value.name,
+        [type(d) for d in value.defects],
+        getattr(value, "params", None),
+        getattr(value, "content_type", None),
+        getattr(value, "datetime", None),
+        value.fold(policy=policy),
+    )
+
+
+def assert_message_id_as_email_package(value):
+    def facts(make):
+        # The email package itself fails on some values: so must we.
+        try:
+            made = make()
+            return [header_facts(made, policy) for policy in FOLD_POLICIES]
+        except Exception as exc:
+            return type(exc)
+
+    factory = email.policy.default.header_factory
+
+    def ours():
+        mime = MIMEMessage()
+        mime["Message-ID"] = rendering.header(mime.policy, "Message-ID", value)
+        return mime["Message-ID"]
+
+    assert facts(ours) == facts(lambda: factory("Message-ID", value))
+
+
+class TestStandardRouteShortcuts:
+    """
+    message() builds through the email package, with its slow steps cached
+    (header classes, MIME structure headers, the Date and a simple
+    Message-ID): the objects read and fold exactly as the email package's.
+    """
+
+    @pytest.mark.parametrize("name,value", SET_HEADERS)
+    @pytest.mark.parametrize("policy", FOLD_POLICIES[:3])
+    def test_headers_set_on_our_messages_are_the_email_packages(
+        self, name, value, policy
+    ):
+        for _ in range(2):  # the second time, from the caches
+            ours = MIMEMessage(policy=policy)
+            theirs = email.message.EmailMessage(policy=policy)
+            ours[name] = value
+            theirs[name] = value
+            for fold_policy in FOLD_POLICIES:
+                assert header_facts(ours[name], fold_policy) == header_facts(
+                    theirs[name], fold_policy
+                )
+            assert isinstance(ours[name], type(theirs[name]).__bases__)
+            assert ours.as_bytes() == theirs.as_bytes()
+
+    @pytest.mark.parametrize("policy", FOLD_POLICIES[:3])
+    def test_date_and_message_id_from_message_fold_as_the_email_packages(self, policy):
+        factory = policy.header_factory
+        mime = plain(headers={"Message-ID": "<" + "x" * 70 + "@example.com>"}).message(
+            policy=policy
+        )
+        for name in ("Date", "Message-ID"):
+            theirs = factory(
+                name, mime[name].datetime if name == "Date" else mime[name]
+            )
+            for fold_policy in FOLD_POLICIES:
+                assert header_facts(mime[name], fold_policy) == header_facts(
+                    theirs, fold_policy
+                )
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "<a@b>",
+            "<" + "x" * 90 + "@example.com>",
+            "<a b@example.com>",
+            "<a..b@c>",
+            '<"q"@c>',
+            "<a@[1.2.3.4]>",
+            "<.a@b>",
+            "<a@b.>",
+            "<a@b> ",
+            " <a@b>",
+            "<a@b><c@d>",
+            "<a(c)@b>",
+            "<ü@b>",
+        ],
+    )
+    def test_message_ids_read_as_the_email_package_reads_them(self, value):
+        assert_message_id_as_email_package(value)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        value=st.text(alphabet=any_char, max_size=120)
+        | st.builds(
+            "<{}@{}>".format,
+            st.text(alphabet=any_char, max_size=20),
+            st.text(alphabet=any_char, max_size=20),
+        )
+    )
+    def test_generated_message_ids_read_as_the_email_package_reads_them(self, value):
+        assert_message_id_as_email_package(value)
+
+    def test_errors_are_the_email_packages(self):
+        for message_class in (MIMEMessage, email.message.EmailMessage):
+            msg = message_class()
+            msg["Subject"] = "one"
+            with pytest.raises(ValueError) as exc:
+                msg["Subject"] = "two"
+            with pytest.raises(ValueError) as line_break:
+                msg["X-Custom"] = "a\nb"
+            if message_class is MIMEMessage:
+                ours = (str(exc.value), str(line_break.value))
+            else:
+                assert (str(exc.value), str(line_break.value)) == ours
+
+    def test_replaced_header_keeps_its_name_and_place(self):
+        ours, theirs = MIMEMessage(), email.message.EmailMessage()
+        for msg in (ours, theirs):
+            msg["content-type"] = "text/plain"
+            msg["Subject"] = "x"
+            msg.set_param("charset", "utf-8")
+            msg.replace_header("SUBJECT", "y")
+        assert ours.items() == theirs.items()
+        assert ours.as_bytes() == theirs.as_bytes()
+
+    def test_another_policy_uses_its_own_header_factory(self):
+        registry = HeaderRegistry()
+        registry.map_to_type("x-special", AddressHeader)
+        special = email.policy.default.clone(header_factory=registry)
+        for policy in (special, email.policy.default, special):
+            msg = MIMEMessage(policy=policy)
+            msg["X-Special"] = "ann@example.com"
+            assert isinstance(msg["X-Special"], AddressHeader) == (policy is special)
+
+    def test_shared_headers_pickle(self):
+        mime = plain(attachments=[("a.txt", "text", "text/plain")]).message()
+        data = mime.as_bytes()
+        copy = pickle.loads(pickle.dumps(mime))
+        assert copy.as_bytes() == data
+        assert copy["Content-Type"].content_type == "multipart/mixed"
 
 
 class TestWhitespace:
