@@ -1,19 +1,21 @@
 """
 The outbox's hand-written SQL: the per-message writes of a worker.
 
-``begin_attempt_returning()`` counts the attempt and loads the bytes in one
-fenced UPDATE ... RETURNING (PostgreSQL, SQLite 3.35+).
+``begin_attempt_returning()`` counts the attempt of a message sent alone
+and loads its bytes in one fenced UPDATE ... RETURNING (PostgreSQL, SQLite
+3.35+).
 
 ``record_attempts_postgresql()`` is the one-statement form of
 ``OutboxMessageQuerySet.record_attempts()``: the outcomes of a group of
-messages (each message's row, its recipients and its Attempt row) and the
-start of the next group's attempts, in one statement (data-modifying CTEs
-over arrays), one round trip, through Django's cursor (query logging and
-``connection.execute_wrapper()`` see it). Every row is fenced on its own
-message's claim token: the message UPDATE is the fence, and the recipients'
-UPDATE and the Attempt INSERT join its RETURNING rows, so for a message
-whose claim token no longer matches nothing at all is written, while the
-rest of the group is.
+messages (each message's row with its attempt count, its recipients and
+its Attempt row) and the read of the next group's bytes, in one statement
+(data-modifying CTEs over arrays, and a plain SELECT), one round trip,
+through Django's cursor (query logging and ``connection.execute_wrapper()``
+see it). Every row is fenced on its own message's claim token: the message
+UPDATE is the fence, and the recipients' UPDATE and the Attempt INSERT join
+its RETURNING rows, so for a message whose claim token no longer matches
+nothing at all is written, while the rest of the group is; the read returns
+only the messages whose token matches.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def column(meta: Options[Any], name: str) -> str:
     return model_field.column
 
 
-#: Messages up to this size come back with begin_attempt's UPDATE; larger
-#: ones are read in pieces of this size, so that the database driver never
-#: holds a large message twice over (PostgreSQL sends bytea as hex text).
+#: Messages up to this size come back with begin_attempt's UPDATE (or the
+#: group's read); larger ones are read in pieces of this size, so that the
+#: database driver never holds a large message twice over (PostgreSQL sends
+#: bytea as hex text).
 INLINE_BYTES = 1 << 20
 
 
@@ -122,27 +125,25 @@ def record_attempts_postgresql(
     changes: list[tuple[OutboxMessage, AttemptRecord, dict[str, Any]]],
     db: str,
     *,
-    then_begin: list[OutboxMessage],
-    now: datetime,
-    expires: datetime,
-) -> tuple[set[int], dict[int, tuple[int, bytes]]]:
+    then_load: list[OutboxMessage],
+) -> tuple[set[int], dict[int, bytes]]:
     """
-    Record a group of attempts, and begin the next group, in one statement.
+    Record a group of attempts, and read the next group, in one statement.
 
     ``changes`` are (message, attempt, the message's new field values).
     Every row is fenced on its own message's claim token: a message whose
     lease was lost matches nothing, so neither its recipients nor its
-    Attempt row are written; the others are. Then each of ``then_begin``
-    has its attempt counted and its lease renewed, fenced the same way, and
-    its bytes come back. Returns the ids recorded, and {id: (attempts,
-    bytes)} for the messages begun.
+    Attempt row are written; the others are. Then the bytes of each of
+    ``then_load`` whose token still matches are read (nothing is written
+    for them). Returns the ids recorded, and {id: bytes} for the messages
+    read.
     """
     from .models import OutboxMessage
 
     connection = connections[db]
     meta = OutboxMessage._meta
     names = tuple(sorted({name for _r, _a, fields in changes for name in fields}))
-    sql = _statement(db, names, bool(changes), bool(then_begin))
+    sql = _statement(db, names, bool(changes), bool(then_load))
     params: list[Any] = []
     if changes:
         params += [[record.pk for record, _a, _f in changes]]
@@ -186,35 +187,33 @@ def record_attempts_postgresql(
                 [str(v[name]) if name == "outcome" else v[name] for v in values]
             )
         params.append([json.dumps(v["recipients"]) for v in values])
-    if then_begin:
+    if then_load:
         params += [
-            connection.ops.adapt_datetimefield_value(expires),
-            connection.ops.adapt_datetimefield_value(now),
-            [message.pk for message in then_begin],
-            [message.claim_token for message in then_begin],
             INLINE_BYTES,
+            [message.pk for message in then_load],
+            [message.claim_token for message in then_load],
         ]
     written: set[int] = set()
-    begun: dict[int, tuple[int, bytes]] = {}
-    by_pk = {message.pk: message for message in then_begin}
+    loaded: dict[int, bytes] = {}
+    by_pk = {message.pk: message for message in then_load}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         large = []
-        for kind, pk, attempts, size, mime in cursor.fetchall():
+        for kind, pk, size, mime in cursor.fetchall():
             if kind == "w":
                 written.add(pk)
             elif mime is None:
-                large.append((pk, attempts, size))
+                large.append((pk, size))
             else:
-                begun[pk] = (attempts, bytes(mime))
-        for pk, attempts, size in large:
-            begun[pk] = (attempts, _read_in_pieces(cursor, by_pk[pk], size or 0))
-    return written, begun
+                loaded[pk] = bytes(mime)
+        for pk, size in large:
+            loaded[pk] = _read_in_pieces(cursor, by_pk[pk], size or 0)
+    return written, loaded
 
 
 @functools.cache
 def _statement(
-    db: str, field_names: tuple[str, ...], record: bool, then_begin: bool
+    db: str, field_names: tuple[str, ...], record: bool, then_load: bool
 ) -> str:
     from .models import Attempt, OutboxMessage, Recipient, RecipientStatus
 
@@ -287,24 +286,20 @@ def _statement(
             "recipients) "
             "JOIN msg ON msg.id = v.message_id)"
         )
+        selects.append("SELECT 'w', id, NULL::integer, NULL::bytea FROM msg")
+    if then_load:
+        # The next group's bytes: a read, each row fenced on its own token.
+        # (Its attempts are counted with their outcomes; its leases stand
+        # as the claim set them.) The statement's snapshot is taken before
+        # the writes above, which touch other messages.
+        mime = f"m.{col(m_meta, 'mime')}"
         selects.append(
-            "SELECT 'w', id, NULL::integer, NULL::integer, NULL::bytea FROM msg"
+            f"SELECT 'r', m.{col(m_meta, 'id')}, octet_length({mime}), "
+            f"CASE WHEN octet_length({mime}) <= %s THEN {mime} END "
+            f"FROM {message_table} AS m "
+            "JOIN unnest(%s::bigint[], %s::bigint[]) AS v(id, token) "
+            f"ON m.{col(m_meta, 'id')} = v.id "
+            f"AND m.{col(m_meta, 'claim_token')} = v.token"
         )
-    if then_begin:
-        # The next messages' begin_attempt(), each fenced on its own token.
-        ctes.append(
-            f"nxt AS (UPDATE {message_table} AS m SET "
-            f"{col(m_meta, 'attempts')} = m.{col(m_meta, 'attempts')} + 1, "
-            f"{col(m_meta, 'lease_expires_at')} = %s, "
-            f"{col(m_meta, 'updated_at')} = %s "
-            "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, token) "
-            f"WHERE m.{col(m_meta, 'id')} = v.id "
-            f"AND m.{col(m_meta, 'claim_token')} = v.token "
-            f"RETURNING m.{col(m_meta, 'id')} AS id, "
-            f"m.{col(m_meta, 'attempts')} AS attempts, "
-            f"octet_length(m.{col(m_meta, 'mime')}) AS size, "
-            f"CASE WHEN octet_length(m.{col(m_meta, 'mime')}) <= %s "
-            f"THEN m.{col(m_meta, 'mime')} END AS mime)"
-        )
-        selects.append("SELECT 'b', id, attempts, size, mime FROM nxt")
-    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
+    with_ = f"WITH {', '.join(ctes)} " if ctes else ""
+    return with_ + " UNION ALL ".join(selects)

@@ -201,13 +201,16 @@ def deliver_batch(
     """
     Deliver messages leased to ``worker``, one connection per mailer.
 
-    The messages go in groups (``_group()``): a group's attempts are
-    counted, its leases renewed and its bytes loaded together, right before
-    its first message is sent, and a message whose lease was lost meanwhile
-    is not sent. Outcomes are written a group at a time, together with the
-    start of the next group (``OutboxMessageQuerySet.record_attempts()``),
-    or sooner once the oldest unwritten one is ``RECORD_GROUP_SECONDS``
-    old: that is the accepted-but-not-recorded window (docs/topics/outbox).
+    The messages go in groups (``_group()``): a group's bytes are loaded
+    together, right before its first message is sent (a fenced read: a
+    message whose lease was lost meanwhile is not sent), and each message's
+    attempt is counted when its outcome is written. Outcomes are written a
+    group at a time, together with the read of the next group
+    (``OutboxMessageQuerySet.record_attempts()``), or sooner once the
+    oldest unwritten one is ``RECORD_GROUP_SECONDS`` old: that is the
+    accepted-but-not-recorded window (docs/topics/outbox). A message sent
+    alone (a retry, a large one, one recovered from a dead worker) is
+    charged its attempt before it is sent (``begin_attempt()``).
 
     ``should_stop`` is asked before and after each message; once it says
     yes, the outcomes so far are written and the remaining messages are
@@ -252,8 +255,9 @@ def deliver_batch(
         lease=lease,
         should_stop=stopping,
     )
-    # Messages of the groups begun so far: True if this worker's attempt
-    # was counted (it holds the lease), False if the lease was lost.
+    # Messages of the groups begun so far: True if they were loaded (this
+    # worker holds the lease; the attempt is counted, in memory for a
+    # group's), False if the lease was lost.
     begun: dict[int, bool] = {}
     try:
         for index, record in enumerate(messages):
@@ -275,7 +279,7 @@ def deliver_batch(
                     else:
                         result.add(Result.LEASE_LOST, record.pk)
                     continue
-                begun.update(recorder.flush(then_begin=group))
+                begun.update(recorder.begin(group))
             elif recorder.due():
                 recorder.flush()
             # The fence before the send: a worker paused past its lease
@@ -363,24 +367,38 @@ def _group(messages: list[OutboxMessage], index: int) -> list[OutboxMessage]:
     The messages begun together from ``messages[index]``: at most
     ``RECORD_GROUP_SIZE`` of them, ``GROUP_BYTES`` in all.
 
-    A message already charged an attempt (a retry, or one recovered from a
-    worker that died) goes alone: if it is what killed that worker, it must
-    not take a group's attempts down with it again.
+    A message that goes alone (``_alone()``) is a group of its own.
     """
     size = conf.record_group_size()
     group: list[OutboxMessage] = []
     total = 0
     for record in messages[index : index + size]:
-        alone = (
-            record.size is None
-            or record.size > GROUP_BYTES
-            or record.attempts > record.requeued_attempts
-        )
-        if alone or total + (record.size or 0) > GROUP_BYTES:
+        if _alone(record) or total + (record.size or 0) > GROUP_BYTES:
             return group or [record]
         group.append(record)
         total += record.size or 0
     return group
+
+
+def _alone(record: OutboxMessage) -> bool:
+    """
+    Whether ``record`` is sent alone, charged its attempt before the send.
+
+    A group's messages are charged with their outcomes, so a worker that
+    dies inside a group charges none of them. A message recovered from a
+    worker that died may be what killed it: from then on it goes alone,
+    where a crash charges exactly the message in flight, so that one that
+    kills its worker every time spends its own retry budget and no one
+    else's (``OutboxMessageQuerySet.recover_expired()`` fails it once it is
+    spent). A retry goes alone too, and so does a message too large for a
+    group's read (or of unknown size).
+    """
+    return (
+        record.size is None
+        or record.size > GROUP_BYTES
+        or record.recoveries > 0
+        or record.attempts > record.requeued_attempts
+    )
 
 
 def _lease_held(record: OutboxMessage, lease: timedelta) -> bool:
@@ -421,15 +439,29 @@ class _Recorder:
         # message writes the previous group's outcomes.)
         return bool(self.unwritten) and (time.monotonic() - self.oldest >= self.seconds)
 
-    def flush(self, then_begin: list[OutboxMessage] | None = None) -> dict[int, bool]:
-        """Write what is unwritten, then begin ``then_begin``; who was begun."""
+    def begin(self, group: list[OutboxMessage]) -> dict[int, bool]:
+        """
+        Write what is unwritten, and begin ``group``; who was begun.
+
+        A group is loaded in the same statement as the write (on
+        PostgreSQL); a message that goes alone is charged its attempt
+        before it is sent, on its own.
+        """
+        if len(group) == 1 and _alone(group[0]):
+            self.flush()
+            (record,) = group
+            return {record.pk: record.begin_attempt(self.lease)}
+        return self.flush(then_load=group)
+
+    def flush(self, then_load: list[OutboxMessage] | None = None) -> dict[int, bool]:
+        """Write what is unwritten, then load ``then_load``; who was loaded."""
         outcomes, self.unwritten = self.unwritten, []
-        then_begin = then_begin or []
-        if not outcomes and not then_begin:
+        then_load = then_load or []
+        if not outcomes and not then_load:
             return {}
         try:
             written, begun = OutboxMessage.objects.record_attempts(
-                outcomes, then_begin=then_begin, lease=self.lease
+                outcomes, then_load=then_load
             )
         except Exception:
             if not outcomes:
@@ -450,10 +482,8 @@ class _Recorder:
                 recorded.append((record, attempt))
             outcomes = recorded
             begun = set()
-            if then_begin:
-                begun = OutboxMessage.objects.record_attempts(
-                    [], then_begin=then_begin, lease=self.lease
-                )[1]
+            if then_load:
+                begun = OutboxMessage.objects.load_group(then_load)
         for record, attempt in outcomes:
             outcome = self.outcomes.pop(record.pk, None)
             if record.pk not in written:
@@ -473,7 +503,7 @@ class _Recorder:
                     attempt.error,
                 )
             self.result.add(_RESULTS[attempt.outcome], record.pk)
-        return {message.pk: message.pk in begun for message in then_begin}
+        return {message.pk: message.pk in begun for message in then_load}
 
 
 def _suppress_refused(record: OutboxMessage, outcome: Outcome) -> None:

@@ -110,26 +110,45 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def recover_expired(self, now: datetime | None = None) -> int:
         """
-        Make messages whose worker died claimable again; return how many.
+        Take back the messages of workers whose lease ran out; return how many.
 
-        Their attempt count is left as it is: a message was charged an
-        attempt when its sending started (``begin_attempt()``), so only the
-        one in flight when the worker died was, not the rest of its batch.
+        A worker that dies (or stalls past its lease) leaves its claims
+        behind. Each of them has ``recoveries`` counted, and is queued
+        again with its attempt count as it is: a message sent in a group is
+        charged its attempt only when its outcome is written, so a crash
+        inside a group charges nobody (the database can't tell which
+        message was on the wire); ``delivery._group()`` then sends each
+        recovered message alone, charged before it is sent
+        (``begin_attempt()``), so that a crash from then on charges exactly
+        the message in flight. A recovered message whose retry budget is
+        spent (one that keeps killing its worker) is not queued again: it
+        fails, with its pending recipients (``_fail_recovered()``).
+
         The claim token moves on, so the old worker, if it was only paused,
         can no longer write.
         """
         db = router.db_for_write(self.model)
-        return (
-            self.using(db)
-            .expired_leases(now)
-            .update(
+        now = now or timezone.now()
+        expired = self.using(db).expired_leases(now)
+        spent = Q(attempts__gte=F("requeued_attempts") + conf.max_attempts())
+        with transaction.atomic(using=db):
+            # Rare: one fenced write per message. Rows another recovery
+            # holds are left to it.
+            failed = sum(
+                message._fail_recovered(db, now)
+                for message in expired.filter(spent)
+                .select_for_update(skip_locked=True)
+                .only("pk", "claim_token", "recoveries", "sent_at")
+            )
+            requeued = expired.exclude(spent).update(
                 status=Status.QUEUED,
                 claimed_by="",
                 lease_expires_at=None,
                 claim_token=F("claim_token") + 1,
+                recoveries=F("recoveries") + 1,
                 updated_at=timezone.now(),
             )
-        )
+        return failed + requeued
 
     def claimable(
         self,
@@ -168,8 +187,9 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         without row locks (SQLite). Each claim bumps the message's
         ``claim_token``: every later write of this claim is fenced on it.
         The messages come back without their bytes (``mime`` is deferred):
-        ``begin_attempt()`` loads them, one message at a time. No attempt is
-        counted yet.
+        they are loaded when they are sent, a group at a time
+        (``record_attempts(then_load=...)``) or alone (``begin_attempt()``).
+        No attempt is counted yet.
         """
         now = timezone.now()
         # The lock, the UPDATE and the read all go to the write database.
@@ -198,54 +218,72 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         self,
         outcomes: Sequence[tuple[OutboxMessage, AttemptRecord]],
         *,
-        then_begin: Sequence[OutboxMessage] = (),
-        lease: timedelta | None = None,
+        then_load: Sequence[OutboxMessage] = (),
     ) -> tuple[set[int], set[int]]:
         """
-        Record several attempts' outcomes, then begin the next messages'.
+        Record several attempts' outcomes, then load the next messages' bytes.
 
         Each outcome is ``record_attempt()``'s write, fenced on its own
         message's claim token: a message whose lease was lost gets nothing
-        written, the others are recorded. Then each of ``then_begin`` is
-        ``begin_attempt(lease)``, fenced the same way. Returns the ids
-        recorded and the ids begun. On PostgreSQL all of it is one
-        statement (one round trip for a group of messages); elsewhere each
-        message's record is its own transaction.
+        written, the others are recorded. Each write counts its message's
+        attempt (``attempts`` as the worker holds it: see ``load_group()``).
+
+        Then ``then_load`` is ``load_group()``: a read, fenced the same way.
+        Returns the ids recorded and the ids loaded. On PostgreSQL all of it
+        is one statement (one round trip for a group of messages);
+        elsewhere each message's record is its own transaction, and the
+        group's read one query.
         """
         db = router.db_for_write(self.model)
         changes = [
             (record, attempt, record.outcome_fields(attempt))
             for record, attempt in outcomes
         ]
-        now = timezone.now()
-        expires = now + (lease or timedelta(0))
-        assert lease is not None or not then_begin
         if connections[db].vendor == "postgresql":
             from ._sql import record_attempts_postgresql
 
             written, rows = record_attempts_postgresql(
-                changes, db, then_begin=list(then_begin), now=now, expires=expires
+                changes, db, then_load=list(then_load)
             )
-            for message in then_begin:
-                if message.pk in rows:
-                    message._begun(*rows[message.pk], now=now, expires=expires)
-            begun = set(rows)
         else:
             written = {
                 record.pk
                 for record, attempt, fields in changes
                 if record._record_attempt_orm(attempt, fields, db)
             }
-            begun = {
-                message.pk
-                for message in then_begin
-                if message.begin_attempt(lease)  # type: ignore[arg-type]
-            }
+            rows = self._load_orm(then_load, db) if then_load else {}
         for record, _attempt, fields in changes:
             if record.pk in written:
                 for name, value in fields.items():
                     setattr(record, name, value)
-        return written, begun
+        for message in then_load:
+            if message.pk in rows:
+                message._loaded(rows[message.pk])
+        return written, set(rows)
+
+    def load_group(self, messages: Sequence[OutboxMessage]) -> set[int]:
+        """
+        Start sending a group of messages: load the bytes of those this
+        worker still holds (fenced on each one's claim token); return their
+        ids.
+
+        Nothing is written: the lease stands as the claim set it (renewed
+        before each send once half spent), and each message's attempt is
+        counted in memory only (``attempts`` is then the number of the
+        attempt under way) and written with its outcome. So a worker that
+        dies inside a group has charged nobody; see ``recover_expired()``.
+        """
+        return self.record_attempts([], then_load=messages)[1]
+
+    def _load_orm(self, messages: Sequence[OutboxMessage], db: str) -> dict[int, bytes]:
+        tokens = {message.pk: message.claim_token for message in messages}
+        return {
+            pk: bytes(mime)
+            for pk, token, mime in self.model.objects.using(db)
+            .filter(pk__in=list(tokens))
+            .values_list("pk", "claim_token", "mime")
+            if tokens[pk] == token
+        }
 
     # Operators' state changes. Each runs in one transaction on the write
     # database, applies only to the messages in the right state, returns how
@@ -370,6 +408,10 @@ class OutboxMessage(models.Model):
     #: Bumped by every claim: each write of a claimed message is fenced on
     #: it, so a worker whose lease was taken over can't write.
     claim_token = models.PositiveBigIntegerField(default=0, editable=False)
+    #: How many times the message was taken back from a worker whose lease
+    #: ran out (it died, or stalled): see ``recover_expired()``. Such a
+    #: message is sent alone from then on.
+    recoveries = models.PositiveIntegerField(_("recoveries"), default=0, editable=False)
 
     objects = OutboxMessageQuerySet.as_manager()
 
@@ -439,11 +481,14 @@ class OutboxMessage(models.Model):
         """
         Count an attempt that starts now, renew the lease, load the bytes.
 
-        Called right before the message goes to the transport: the attempt
-        is charged only to a message whose sending really starts (a crash
-        then charges the message in flight, not the whole batch), and the
-        message's bytes are in memory only while it is sent. False, with
-        nothing written, if the lease was lost.
+        For a message sent alone (``delivery._group()``: a retry, a large
+        message, one recovered from a worker that died), right before it
+        goes to the transport: if the worker dies while sending it, the
+        attempt is charged to it, the message in flight, and to no other.
+        (A group's messages are charged with their outcomes instead: see
+        ``OutboxMessageQuerySet.load_group()``.) The message's bytes are in
+        memory only while it is sent. False, with nothing written, if the
+        lease was lost.
         """
         db = router.db_for_write(type(self))
         now = timezone.now()
@@ -479,6 +524,12 @@ class OutboxMessage(models.Model):
         self.lease_expires_at = expires
         self.updated_at = now
 
+    def _loaded(self, mime: bytes) -> None:
+        # load_group(): the attempt under way is counted here, in memory,
+        # and written with the outcome (outcome_fields()).
+        self.attempts += 1
+        self.mime = mime
+
     def forget_bytes(self) -> None:
         """Drop the loaded bytes (they are loaded again if asked for)."""
         self.__dict__.pop("mime", None)
@@ -487,8 +538,9 @@ class OutboxMessage(models.Model):
         """
         Give a claimed message back to the queue, untried (worker stopping).
 
-        ``begun``: its attempt was already counted (``begin_attempt()``) but
-        it was not sent after all; the count is taken back.
+        ``begun``: its attempt was already counted (by ``begin_attempt()``,
+        or in memory by ``load_group()``) but it was not sent after all; the
+        count is taken back.
         """
         fields: dict[str, Any] = {
             "status": Status.QUEUED,
@@ -505,11 +557,13 @@ class OutboxMessage(models.Model):
 
     def finish(self, status: str, *, error: str = "") -> bool:
         """Record a final status (sent, partial or failed)."""
-        return self._update_claimed(**self.finish_fields(status, error=error))
+        fields = self.finish_fields(status, error=error)
+        return self._update_claimed(**fields, attempts=self.attempts)
 
     def retry_later(self, *, error: str) -> bool:
         """Queue the message again after a backoff that grows per attempt."""
-        return self._update_claimed(**self.retry_fields(error=error))
+        fields = self.retry_fields(error=error)
+        return self._update_claimed(**fields, attempts=self.attempts)
 
     def record_attempt(self, attempt: AttemptRecord) -> bool:
         """
@@ -529,8 +583,55 @@ class OutboxMessage(models.Model):
             fields = self.retry_fields(error=attempt.error)
         else:
             fields = self.finish_fields(Status(attempt.outcome), error=attempt.error)
+        # The attempt recorded is counted with it (a grouped message's count
+        # is only in memory until now; see load_group()). The fence makes
+        # the number safe to write as it stands: while the claim token
+        # matches, nobody else changes the row.
+        fields["attempts"] = self.attempts
         fields["updated_at"] = attempt.finished_at
         return fields
+
+    def _fail_recovered(self, db: str, now: datetime) -> bool:
+        """
+        Fail a message taken back from a dead worker with its budget spent.
+
+        Its pending and deferred recipients fail; it is partially sent if
+        an earlier attempt delivered to someone. Conditional on the row
+        still being this expired claim (the token read with it, status
+        sending, lease run out): False, with nothing written, otherwise.
+        """
+        recoveries = self.recoveries + 1
+        times = "once" if recoveries == 1 else f"{recoveries} times"
+        error = (
+            f"Out of attempts: the worker delivering it stopped (died, or "
+            f"stalled past its lease) while it was claimed, {times}; not queued "
+            f"again, as the message itself may be what stops the worker."
+        )
+        recipients = Recipient.objects.using(db).filter(message_id=self.pk)
+        delivered = recipients.filter(status=RecipientStatus.SENT).exists()
+        fields = self.finish_fields(
+            Status.PARTIAL if delivered else Status.FAILED, error=error
+        )
+        changed = (
+            self._fenced(db)
+            .filter(status=Status.SENDING, lease_expires_at__lt=now)
+            .update(
+                **fields,
+                claimed_by="",
+                claim_token=F("claim_token") + 1,
+                recoveries=F("recoveries") + 1,
+                updated_at=now,
+            )
+        )
+        if not changed:
+            return False
+        pending = recipients.filter(
+            status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED)
+        )
+        # A deferred recipient keeps its last reply; the others say why.
+        pending.filter(smtp_reply="").update(smtp_reply=error)
+        pending.update(status=RecipientStatus.FAILED, updated_at=now)
+        return True
 
     def _record_attempt_orm(
         self, attempt: AttemptRecord, fields: dict[str, Any], db: str

@@ -236,6 +236,18 @@ def test_sigkilled_worker_loses_nothing(outbox_to):
     rescued = Attempt.objects.filter(message_id__in=stranded)
     assert rescued.count() >= len(stranded)
     assert not rescued.filter(worker__contains=f":{victim.pid}:").exists()
+    # A crash charges only the message in flight: the victim died inside a
+    # group, which charges nobody, and every message's count is its
+    # attempts on record, numbered from 1.
+    charged = dict(OutboxMessage.objects.values_list("pk", "attempts"))
+    recorded = Counter(Attempt.objects.values_list("message_id", flat=True))
+    assert {
+        pk: (n, recorded[pk]) for pk, n in charged.items() if n != recorded[pk]
+    } == {}
+    assert not Attempt.objects.exclude(number=1).exists()
+    assert OutboxMessage.objects.filter(pk__in=stranded, recoveries=1).count() == len(
+        stranded
+    )
     assert sum("recovered" in out and "0 recovered" not in out for out in outputs) >= 1
 
 

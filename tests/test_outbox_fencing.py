@@ -231,21 +231,150 @@ def _ids():
     return OutboxMessage.objects.values_list("pk", flat=True)
 
 
+class Died(BaseException):
+    """A worker process dying mid-send: nothing after it runs, or is written."""
+
+
+def expire_and_recover():
+    OutboxMessage.objects.filter(status=Status.SENDING).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    return OutboxMessage.objects.recover_expired()
+
+
+def crash_on(subject):
+    """Every send of ``subject`` kills its worker."""
+
+    def hook(message):
+        if message.subject == subject:
+            raise Died(subject)
+
+    return hook
+
+
+def run_until_done(rounds=10):
+    """Claim and deliver until nothing is left, recovering from each death."""
+    deaths = 0
+    for _ in range(rounds):
+        claimed = OutboxMessage.objects.claim("w", limit=10, lease=LEASE)
+        if not claimed:
+            return deaths
+        try:
+            deliver_batch(claimed, worker="w", lease=LEASE)
+        except Died:
+            deaths += 1
+            expire_and_recover()
+    raise AssertionError("still delivering")
+
+
+def numbers(pk):
+    return list(
+        Attempt.objects.filter(message_id=pk)
+        .order_by("number")
+        .values_list("number", flat=True)
+    )
+
+
 class TestCrashAccounting:
     def test_recovered_untried_messages_keep_their_attempts(self, outbox):
         queue(5)
         claimed = OutboxMessage.objects.claim("crashed", limit=5, lease=LEASE)
-        # It got as far as starting the first message, then died.
+        # It got as far as starting the first message alone, then died.
         assert claimed[0].begin_attempt(LEASE) is True
-        OutboxMessage.objects.update(
-            lease_expires_at=timezone.now() - timedelta(seconds=1)
-        )
-        assert OutboxMessage.objects.recover_expired() == 5
-        attempts = dict(OutboxMessage.objects.values_list("pk", "attempts"))
-        assert attempts == {m.pk: (1 if m is claimed[0] else 0) for m in claimed}
+        assert expire_and_recover() == 5
+        rows = OutboxMessage.objects.values_list("pk", "attempts", "recoveries")
+        assert sorted(rows) == [(m.pk, 1 if m is claimed[0] else 0, 1) for m in claimed]
         assert Worker(once=True, interval=0).run().sent == 5
         attempts = dict(OutboxMessage.objects.values_list("pk", "attempts"))
         assert attempts == {m.pk: (2 if m is claimed[0] else 1) for m in claimed}
+
+    def test_a_crash_inside_a_group_charges_nobody(self, outbox):
+        """
+        The worker dies sending the third message of a group, two of which
+        the server accepted: the database can't know which one was on the
+        wire, so nobody is charged; each is then sent alone, charged once.
+        """
+        queue(5)
+        claimed = OutboxMessage.objects.claim("crashed", limit=5, lease=LEASE)
+        HookBackend.hook = crash_on("m2")
+        with pytest.raises(Died):
+            deliver_batch(claimed, worker="crashed", lease=LEASE)
+        assert [m.subject for m in HookBackend.delivered] == ["m0", "m1"]
+        assert expire_and_recover() == 5
+        rows = OutboxMessage.objects.values_list("status", "attempts", "recoveries")
+        assert list(rows) == [(Status.QUEUED, 0, 1)] * 5
+        assert not Attempt.objects.exists()
+
+        HookBackend.hook = None
+        loaded = []
+        HookBackend.hook = lambda message: loaded.append(
+            sum("mime" in m.__dict__ for m in again)
+        )
+        again = OutboxMessage.objects.claim("rescuer", limit=5, lease=LEASE)
+        assert len(deliver_batch(again, worker="rescuer", lease=LEASE).sent) == 5
+        assert loaded == [1] * 5  # each alone
+        for message in OutboxMessage.objects.all():
+            assert (message.status, message.attempts) == (Status.SENT, 1)
+            assert numbers(message.pk) == [1]
+
+    def test_a_message_that_kills_its_worker_spends_its_own_budget(self, outbox):
+        """
+        One uncharged try in a group, then alone until its own budget is
+        spent; then recovery fails it, with its recipient, saying why. The
+        others are sent, each charged once.
+        """
+        first, killer, last = queue(3)
+        HookBackend.hook = crash_on("m1")
+        with override_settings(MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 2}):
+            # In the group; then alone, charged: 1, then 2 = spent.
+            assert run_until_done() == 3
+        killer = OutboxMessage.objects.get(pk=killer.pk)
+        assert (killer.status, killer.attempts, killer.recoveries) == (
+            Status.FAILED,
+            2,
+            3,
+        )
+        assert "stopped (died, or stalled past its lease)" in killer.last_error
+        assert "3 times" in killer.last_error
+        assert (killer.claimed_by, killer.lease_expires_at) == ("", None)
+        (recipient,) = killer.recipient_set.all()
+        assert recipient.status == RecipientStatus.FAILED
+        assert recipient.smtp_reply == killer.last_error
+        assert numbers(killer.pk) == []  # never got as far as a record
+        for pk in (first.pk, last.pk):
+            message = OutboxMessage.objects.get(pk=pk)
+            assert (message.status, message.attempts) == (Status.SENT, 1)
+            assert numbers(pk) == [1]
+        assert [m.subject for m in HookBackend.delivered].count("m0") == 2
+
+    def test_spent_at_recovery_after_delivering_to_some_is_partial(self, outbox):
+        send_mail("s", "body", None, ["a@example.com", "b@example.com"])
+        (mine,) = OutboxMessage.objects.claim("crashed", limit=1, lease=LEASE)
+        # An earlier attempt delivered to a@ and deferred b@; the budget is
+        # spent by the attempt the worker died in.
+        mine.recipient_set.filter(address="a@example.com").update(
+            status=RecipientStatus.SENT, smtp_code=250
+        )
+        mine.recipient_set.filter(address="b@example.com").update(
+            status=RecipientStatus.DEFERRED, smtp_code=451, smtp_reply="try later"
+        )
+        OutboxMessage.objects.filter(pk=mine.pk).update(attempts=5)
+        assert expire_and_recover() == 1
+        message = OutboxMessage.objects.get(pk=mine.pk)
+        assert (message.status, message.recoveries) == (Status.PARTIAL, 1)
+        assert "stopped" in message.last_error and "once" in message.last_error
+        assert message.sent_at is not None
+        assert sorted(
+            message.recipient_set.values_list("address", "status", "smtp_reply")
+        ) == [
+            ("a@example.com", RecipientStatus.SENT, ""),
+            ("b@example.com", RecipientStatus.FAILED, "try later"),
+        ]
+        # The paused worker, back, can't write (the token moved on).
+        before = snapshot(mine.pk)
+        assert mine.finish(Status.SENT) is False
+        assert snapshot(mine.pk) == before
+        assert expire_and_recover() == 0
 
 
 class TestStopping:
