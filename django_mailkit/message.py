@@ -241,13 +241,25 @@ def to_address(value: Any, *, field: str) -> Address:
             _check_nul(value, part, field)
         return _checked_spec(value, value, field)
     text = str(value)  # may be a lazy translation string
+    address = _VALID_ADDRESSES.get(text)
+    if address is not None:
+        return address
     check_header(field, text)
     _check_nul(text, text, field)
     try:
         address = _parse_mailbox(text)
     except _AddressError as exc:
         raise ValueError(f"Invalid address {text!r} in {field}: {exc}") from None
-    return _checked_spec(address, text, field)
+    address = _checked_spec(address, text, field)
+    # Only what passed every check: a bad address fails every time.
+    if len(_VALID_ADDRESSES) >= 4096:
+        _VALID_ADDRESSES.clear()
+    _VALID_ADDRESSES[text] = address
+    return address
+
+
+# Address strings that passed to_address(), and their Address (immutable).
+_VALID_ADDRESSES: dict[str, Address] = {}
 
 
 def _check_nul(value: Any, part: str, field: str) -> None:
@@ -594,7 +606,9 @@ class EmailMessage:
                     for item in value
                     if item
                 ]
-            if ascii_only:
+            if ascii_only and not all(
+                a.domain.isascii() for g in groups for a in g.addresses
+            ):
                 groups = [
                     Group(g.display_name, [_ascii_domain(a) for a in g.addresses])
                     for g in groups

@@ -38,6 +38,7 @@ import base64
 import binascii
 import email.message
 import email.policy
+import functools
 import os
 import re
 from datetime import datetime
@@ -211,7 +212,12 @@ def _display_name(name: str, utf8: bool) -> str:
 
 
 def _mailbox(address: Address, utf8: bool) -> str:
-    username, domain = address.username, address.domain
+    return _mailbox_text(address.display_name, address.username, address.domain, utf8)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mailbox_text(display_name: str, username: str, domain: str, utf8: bool) -> str:
+    address = Address(display_name, username, domain)
     if utf8 or (username.isascii() and domain.isascii()):
         spec = address.addr_spec
     elif username.isascii():
@@ -253,12 +259,29 @@ def format_addresses(
     return _fold(f"{name}: {', '.join(pieces)}", linesep, limit)[0]
 
 
+@functools.lru_cache(maxsize=8)
+def _date_text(value: datetime, offset: Any) -> str:
+    return format_datetime(value)
+
+
+def date_text(value: datetime) -> str:
+    """
+    Return ``format_datetime(value)``, once per second for a bulk send.
+
+    Equal datetimes in different zones read differently: the offset is part
+    of the key. A subclass might format itself differently: never cached.
+    """
+    if type(value) is not datetime:
+        return format_datetime(value)
+    return _date_text(value, value.utcoffset())
+
+
 def _header_line(name: str, value: Any, *, utf8: bool, linesep: str, limit: int) -> str:
     """Write one header whose value is text, a datetime or a list of Groups."""
     if isinstance(value, list):
         return format_addresses(name, value, utf8=utf8, linesep=linesep, limit=limit)
     if isinstance(value, datetime):
-        return f"{name}: {format_datetime(value)}{linesep}"
+        return f"{name}: {date_text(value)}{linesep}"
     if "=?" in value:
         # message() decodes encoded-word look-alikes in the text it is
         # given (the email package does); leave that to it.
@@ -335,7 +358,7 @@ class _FormattedDate(_Formatted):
     def parse(cls, value: datetime, kwds: dict[str, Any]) -> None:
         # As DateHeader.parse() does for a datetime, less the parse.
         kwds["datetime"] = value
-        kwds["decoded"] = format_datetime(value)
+        kwds["decoded"] = date_text(value)
         kwds["parse_tree"] = None
 
     def _write(self, *, utf8: bool, linesep: str, limit: int) -> str | None:
@@ -490,7 +513,7 @@ def header(policy: email.policy.Policy, name: str, value: Any) -> Any:
 # Bodies.
 
 
-def _params(params: list[tuple[str, str]]) -> str:
+def _params(params: tuple[tuple[str, str], ...]) -> str:
     out = ""
     for key, value in params:
         if value.isascii() and '"' not in value and "\\" not in value:
@@ -509,9 +532,10 @@ def _params(params: list[tuple[str, str]]) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _entity_headers(
     content_type: str,
-    params: list[tuple[str, str]],
+    params: tuple[tuple[str, str], ...],
     cte: str | None,
     disposition: str | None,
     filename: str | None,
@@ -527,7 +551,7 @@ def _entity_headers(
     if cte:
         head += f"Content-Transfer-Encoding: {cte}{linesep}"
     if disposition:
-        extra = _params([("filename", filename)]) if filename is not None else ""
+        extra = _params((("filename", filename),)) if filename is not None else ""
         head += f"Content-Disposition: {disposition}{extra}{linesep}"
     if max(len(line) for line in head.split(linesep)) > _MAX_LINE:
         raise Unsupported("parameters too long")
@@ -560,7 +584,7 @@ def _text_entity(
         if sep != b"\r\n":
             body = body.replace(b"\r\n", sep)
     head = _entity_headers(
-        f"text/{subtype}", [("charset", charset)], cte, disposition, filename, linesep
+        f"text/{subtype}", (("charset", charset),), cte, disposition, filename, linesep
     )
     return head.encode("ascii") + sep + body
 
@@ -578,7 +602,7 @@ def _binary_entity(
     sep = linesep.encode("ascii")
     if sep != b"\n":
         body = body.replace(b"\n", sep)
-    head = _entity_headers(content_type, [], "base64", disposition, filename, linesep)
+    head = _entity_headers(content_type, (), "base64", disposition, filename, linesep)
     return head.encode("ascii") + sep + body
 
 
@@ -591,7 +615,7 @@ def _embedded_entity(
 ) -> bytes:
     """A message/* attachment wrapping an already rendered message."""
     cte = "7bit" if inner.isascii() else "8bit"
-    head = _entity_headers(content_type, [], cte, "attachment", filename, linesep)
+    head = _entity_headers(content_type, (), cte, "attachment", filename, linesep)
     return head.encode("ascii") + linesep.encode("ascii") + inner
 
 

@@ -744,6 +744,53 @@ class TestStandardRouteShortcuts:
         assert copy["Content-Type"].content_type == "multipart/mixed"
 
 
+class TestFastRouteCaches:
+    """What the fast route remembers between messages changes no result."""
+
+    def test_date_in_another_zone_is_written_in_its_zone(self):
+        from datetime import UTC, datetime, timedelta, timezone
+
+        utc = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+        paris = utc.astimezone(timezone(timedelta(hours=1)))
+        assert utc == paris
+        for _ in range(2):
+            assert rendering.date_text(utc) == "Sat, 21 Nov 2026 10:00:00 +0000"
+            assert rendering.date_text(paris) == "Sat, 21 Nov 2026 11:00:00 +0100"
+            assert rendering.date_text(utc.replace(tzinfo=None)).endswith("-0000")
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "bad address",
+            "a@example.com, b@example.com",
+            "to\x00@example.com",
+            "to@exa mple.com",
+            '"a<b"@example.com',
+            "to@[999.1.1.1]",
+            "to@example.com\nBcc: victim@example.net",
+        ],
+    )
+    def test_a_refused_address_is_refused_every_time_naming_its_field(self, value):
+        message = EmailMessage("Hi", "Body", "from@example.com", ["ok@example.com"])
+        for field in ("to", "cc", "to"):
+            setattr(message, field, ["ok@example.com", value])
+            with pytest.raises(ValueError, match=field.capitalize()):
+                render_bytes(message, email.policy.SMTP)
+            setattr(message, field, [])
+
+    def test_same_address_reads_the_same_under_each_policy(self):
+        message = EmailMessage(
+            "Hi", "Body", "Ann <ann@exämple.com>", ["Zoë <zoë@exämple.com>"]
+        )
+        for policy in ("SMTP", "SMTPUTF8", "SMTP", "default"):
+            data = render_bytes(message, POLICIES[policy])[0]
+            if policy == "SMTPUTF8":
+                assert "zoë@exämple.com".encode() in data
+            else:
+                assert b"xn--exmple-cua.com" in data
+                assert "zoë".encode() not in data.split(b"\n\n")[0]
+
+
 class TestWhitespace:
     """Both routes keep white space in display names and around encoded words."""
 
