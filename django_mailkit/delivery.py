@@ -785,6 +785,14 @@ def _classify(
     all the message's attempts: sent to some and not to others (failed or
     suppressed) is partially sent; sent to none, failed if any failed, and
     suppressed if every one was.
+
+    The Attempt row says what this attempt did, judged the same way by the
+    recipients it decided: "retry" if the message is queued again, and
+    otherwise sent, partial, failed or suppressed. So a last retry that
+    delivered nothing is "failed" even when the message, delivered to
+    some recipients earlier, is partially sent; and one that delivered to
+    everyone it still had to is "sent" even when an earlier attempt had
+    failed someone.
     """
     kind = outcome.kind
     error = outcome.error or (
@@ -813,6 +821,7 @@ def _classify(
     for address, reason in (suppressed or {}).items():
         rows[address] = (RecipientStatus.SUPPRESSED, None, reason)
     final = kind != Kind.RETRY
+    this_attempt: Kind | None = None
     if not final and record.attempts - record.requeued_attempts >= conf.max_attempts():
         # Out of attempts: what is still pending fails.
         for address in pending:
@@ -821,22 +830,26 @@ def _classify(
                 rows[address] = (RecipientStatus.FAILED, code, reply or error)
         final = True
     if final:
-        # The message's fate is its recipients', over all its attempts.
         states = {status for status, _, _ in rows.values()}
-        delivered = delivered_before or RecipientStatus.SENT in states
-        failed = failed_before or RecipientStatus.FAILED in states
-        skipped = suppressed_before or RecipientStatus.SUPPRESSED in states
-        if delivered:
-            kind = Kind.PARTIAL if failed or skipped else Kind.SENT
-        elif skipped and not failed:
-            kind = Kind.SUPPRESSED
+        if states:
+            this_attempt = _fate(
+                RecipientStatus.SENT in states,
+                RecipientStatus.FAILED in states,
+                RecipientStatus.SUPPRESSED in states,
+            )
+        # The message's fate is its recipients', over all its attempts.
+        kind = _fate(
+            delivered_before or RecipientStatus.SENT in states,
+            failed_before or RecipientStatus.FAILED in states,
+            suppressed_before or RecipientStatus.SUPPRESSED in states,
+        )
+        if kind == Kind.SUPPRESSED:
             error = error or "Not sent: every recipient is suppressed."
-        else:
-            kind = Kind.FAILED
     # The one place an attempt's texts and codes are made storable: text
     # columns take no NUL, code columns only real reply codes.
     return AttemptRecord(
         outcome=kind,
+        attempt_outcome=this_attempt or kind,
         worker=worker,
         started_at=started,
         finished_at=timezone.now(),
@@ -853,6 +866,15 @@ def _classify(
             for address, (status, code, reply) in rows.items()
         },
     )
+
+
+def _fate(delivered: bool, failed: bool, skipped: bool) -> Kind:
+    """A final outcome, from who was delivered, failed and suppressed."""
+    if delivered:
+        return Kind.PARTIAL if failed or skipped else Kind.SENT
+    if skipped and not failed:
+        return Kind.SUPPRESSED
+    return Kind.FAILED
 
 
 def _temporary(code: int) -> bool:

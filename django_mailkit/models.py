@@ -864,6 +864,10 @@ class AttemptRecord:
     """
 
     outcome: Attempt.Outcome
+    #: What this attempt did, for its Attempt row: RETRY, or judged by the
+    #: recipients it decided (``outcome`` is the message's, over all its
+    #: attempts). None: the same as ``outcome``.
+    attempt_outcome: Attempt.Outcome | None = None
     worker: str
     started_at: datetime
     finished_at: datetime
@@ -886,7 +890,7 @@ class AttemptRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "worker": self.worker,
-            "outcome": self.outcome,
+            "outcome": self.attempt_outcome or self.outcome,
             "smtp_code": self.smtp_code,
             "smtp_reply": self.smtp_reply,
             "error": self.attempt_error,

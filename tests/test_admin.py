@@ -907,10 +907,8 @@ class TestMessagePage:
         assert list(second.recipients) == ["refused-bob@example.com"]
         page = superuser_client.get(admin_url("change", record.pk)).content.decode()
         outcomes = re.findall(r'mailkit-outcome-(\w+)">([^<]+)</span>', page)
-        assert outcomes == [
-            ("partial", "Partially sent"),
-            ("failed", "Delivered to nobody"),
-        ]
+        assert outcomes == [("partial", "Partially sent"), ("failed", "Failed")]
+        assert second.outcome == "failed"  # stored as what the attempt did
         # The first delivery time, not the retry's.
         delivered = re.search(
             r"First delivered:</label>\s*<div class=\"readonly\">(.*?)</div>",
@@ -949,6 +947,18 @@ class TestMessagePage:
             set_status(record, status)
             page = superuser_client.get(admin_url("change", record.pk)).content.decode()
             assert not any(label in page for label in labels), status
+
+    def test_a_message_recovered_from_a_dead_worker_says_so(self, superuser_client):
+        record = queue()
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        assert "Recovered:" not in page
+        for times in (1, 2):
+            OutboxMessage.objects.claim("w", limit=1, lease=timedelta(seconds=60))
+            later = timezone.now() + timedelta(seconds=61)
+            assert OutboxMessage.objects.recover_expired(later) == 1
+            page = superuser_client.get(admin_url("change", record.pk)).content
+            assert ("Once, from a worker" in page.decode()) is (times == 1)
+        assert "2 times, from workers that stopped" in page.decode()
 
     def test_to_cc_bcc_and_times(self, superuser_client):
         record = queue(

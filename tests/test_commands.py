@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,22 @@ class TestOutboxOptions:
 
 
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07Invoice\rPAID\nFake line\u202etxt.exe\x9b31m"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_show_says_a_message_was_recovered_from_a_dead_worker():
+    message = make_message()
+    out = io.StringIO()
+    call_command("mailkit_outbox", "show", str(message.pk), stdout=out)
+    assert "Recovered" not in out.getvalue()
+    OutboxMessage.objects.claim("w", limit=1, lease=timedelta(seconds=1))
+    later = timezone.now() + timedelta(seconds=2)
+    assert OutboxMessage.objects.recover_expired(later) == 1
+    call_command("mailkit_outbox", "show", str(message.pk), stdout=out)
+    assert (
+        "  Recovered:  1 time(s) from a worker that stopped (died, or stalled "
+        "past its lease) while it held the message\n" in out.getvalue()
+    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -97,7 +97,9 @@ def test_per_recipient_results_and_retries(server):
             },
         ),
         (2, "retry", {"b@example.com": 250, "d@example.com": 452}),
-        (3, "partial", {"d@example.com": 452}),
+        # The message is partially sent, over all its attempts; this one
+        # delivered nothing: d failed, its retries spent.
+        (3, "failed", {"d@example.com": 452}),
     ]
     # Each accepted recipient got the message exactly once.
     assert [d.rcpt_tos for d in server.deliveries] == [
@@ -251,6 +253,41 @@ def test_fate_counts_every_attempt(server, first, second, final):
     assert {a for a, (status, _) in states(record).items() if status == "sent"} == {
         "b@example.com" if first else "a@example.com"
     }
+
+
+@pytest.mark.parametrize(
+    "first, second, message, attempts",
+    [
+        # Delivered to a; the retry delivers nothing and b fails for good.
+        (None, "550 5.1.1 Gone", Status.PARTIAL, ["retry", "failed"]),
+        # Nothing ever delivered: never "partial", not even the message.
+        (
+            "550 5.1.1 No such user",
+            "550 5.1.1 Gone",
+            Status.FAILED,
+            ["retry", "failed"],
+        ),
+        # The retry delivers to everyone it addresses; a had failed before.
+        ("550 5.1.1 No such user", None, Status.PARTIAL, ["retry", "sent"]),
+    ],
+)
+def test_each_attempt_records_what_it_did(server, first, second, message, attempts):
+    """
+    A message's status is its recipients' fate over all its attempts; an
+    Attempt row's outcome is what that attempt did, judged by its own
+    recipients (so a retry that delivered nothing is never "partial").
+    """
+    if first:
+        server.refuse_recipient("a@example.com", first)
+    server.refuse_recipient("b@example.com", "451 4.2.1 Busy", times=1)
+    record = send(to=["a@example.com", "b@example.com"])
+    attempt()
+    if second:
+        server.refuse_recipient("b@example.com", second)
+    attempt()
+    record.refresh_from_db()
+    assert record.status == message
+    assert [outcome for _n, outcome, _r in history(record)] == attempts
 
 
 def test_an_unreachable_server_is_tried_once_per_batch(server, closed_port):

@@ -508,10 +508,10 @@ def attempt_outcome(attempt: Any) -> tuple[str, str]:
     """
     What one attempt did, as (css kind, label), judged by its own replies.
 
-    The stored outcome of a retry that finishes a message says what the
-    message became over all its attempts: a retry that delivered nothing to
-    a message partly delivered before is stored as "partial". Label the
-    attempt by what it did.
+    An attempt's stored outcome is what it did (``delivery._classify()``),
+    but rows recorded before 0.1.0 stored what the message became over all
+    its attempts: a retry that delivered nothing to a message partly
+    delivered before as "partial". The replies decide.
     """
     replies = list((attempt.recipients or {}).values())
     accepted = sum(1 for code, _reply in replies if code is None or code < 400)

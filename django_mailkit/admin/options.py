@@ -146,6 +146,7 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                     "message_id",
                     "mailer",
                     "attempts",
+                    "display_recoveries",
                     "display_size",
                     "display_created_at",
                     "display_sent_at",
@@ -244,6 +245,8 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
                 hidden.add("display_failure")
             if not obj.last_error:
                 hidden.add("last_error")
+            if not obj.recoveries:
+                hidden.add("display_recoveries")
             if obj.resent_from_id is None:
                 hidden.add("display_resent_from")
             if not obj.resends.exists():
@@ -264,6 +267,18 @@ class OutboxMessageAdmin(MessageViewsMixin, ObjectActionsMixin, _ModelAdminBase)
         # Stored when queued; older messages are measured.
         size = obj.size if obj.size is not None else len(obj.mime)
         return filesizeformat(size)
+
+    @admin.display(description=_("recovered"))
+    def display_recoveries(self, obj: OutboxMessage) -> str:
+        # Shown only when it happened (get_fieldsets()).
+        return ngettext(
+            "Once, from a worker that stopped (died, or stalled past its "
+            "lease) while it held the message; sent alone since then.",
+            "%(count)d times, from workers that stopped (died, or stalled "
+            "past their lease) while they held the message; sent alone since "
+            "then.",
+            obj.recoveries,
+        ) % {"count": obj.recoveries}
 
     @admin.display(description=_("created"))
     def display_created_at(self, obj: OutboxMessage) -> str:

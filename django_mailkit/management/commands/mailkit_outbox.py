@@ -96,6 +96,11 @@ class Command(BaseCommand):
         out.write(f"Message {m.pk}: {p(m.subject)}")
         out.write(f"  Message-ID: {p(m.message_id)}")
         out.write(f"  Status:     {m.status} after {m.attempts} attempt(s)")
+        if m.recoveries:
+            out.write(
+                f"  Recovered:  {m.recoveries} time(s) from a worker that stopped "
+                "(died, or stalled past its lease) while it held the message"
+            )
         out.write(f"  Mailer:     {p(m.mailer)} (queued via {p(m.queued_via)})")
         out.write(f"  From:       {p(m.from_email)}")
         out.write(f"  Created:    {m.created_at:%Y-%m-%d %H:%M:%S %Z}")
