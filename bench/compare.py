@@ -8,9 +8,12 @@ smtp-sink on loopback by 4 processes through the app's own command:
 =================  ===========================================================
 mailkit            ``mailkit_worker --once --batch-size 200 --processes 4``
 mailkit-separate   4 x ``mailkit_worker --once --batch-size 200``
-mailkit-rq         4 x ``rqworker --burst`` (django-tasks-rq, one task per
-                   message, enqueued on commit; RQ forks a work horse per job)
+mailkit-rq         4 x ``rqworker --burst`` (django-tasks-rq, a task per
+                   ``TASK_BATCH_SIZE`` messages committed together, enqueued
+                   on commit; RQ forks a work horse per job)
 mailkit-rq-simple  the same with ``--worker-class rq.worker.SimpleWorker``
+mailkit-db         4 x django-tasks-db's ``db_worker --batch`` (tasks in the
+                   same PostgreSQL database)
 post_office        ``send_queued_mail --processes 4`` (documented defaults)
 post_office-1000   the same with ``POST_OFFICE["BATCH_SIZE"] = 1000``
 mailer             4 x django-mailer's ``send_mail`` (``MAILER_USE_FILE_LOCK =
@@ -220,6 +223,9 @@ def drain_commands(app: str, processes: int) -> list[list[str]]:
         if app == "mailkit-rq-simple":  # no fork per job
             command += ["--worker-class", "rq.worker.SimpleWorker"]
         return [command] * processes
+    if app == "mailkit-db":
+        command = [*django, "db_worker", "--batch", "--interval", "0.1"]
+        return [[*command, "--no-startup-delay", "-v0"]] * processes
     if app.startswith("post_office"):
         return [[*django, "send_queued_mail", "--processes", str(processes)]]
     return [[*django, "send_mail"]] * processes

@@ -2,10 +2,10 @@
 Settings for bench/compare.py: one project per app, BENCH_APP selects it.
 
 mailkit (mailkit_worker), mailkit-rq (RQ workers through django-tasks-rq),
-post_office and post_office-1000 (send_queued_mail, default and
-BATCH_SIZE=1000), mailer (django-mailer's send_mail). Each app has its own
-PostgreSQL database (BENCH_DB_NAME); mail goes to smtp-sink on
-127.0.0.1:BENCH_SINK_PORT.
+mailkit-db (django-tasks-db's db_worker), post_office and post_office-1000
+(send_queued_mail, default and BATCH_SIZE=1000), mailer (django-mailer's
+send_mail). Each app has its own PostgreSQL database (BENCH_DB_NAME); mail
+goes to smtp-sink on 127.0.0.1:BENCH_SINK_PORT.
 """
 
 import os
@@ -47,11 +47,22 @@ if APP.startswith("mailkit"):
         },
         "smtp": {"OPTIONS": {"host": "127.0.0.1", "port": SINK_PORT, "timeout": 30}},
     }
-    MAILKIT = {"USE_TASKS": APP.startswith("mailkit-rq")}
+    # The defaults: tasks of MAILKIT["TASK_BATCH_SIZE"] (20) messages.
+    MAILKIT = {"USE_TASKS": APP != "mailkit"}
     if APP.startswith("mailkit-rq"):
         INSTALLED_APPS += ["django_rq", "django_tasks_rq"]
         TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend"}}
         RQ_QUEUES = {"default": {"URL": os.environ["BENCH_REDIS_URL"]}}
+    elif APP == "mailkit-db":
+        INSTALLED_APPS += ["django_tasks_db"]
+        TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    if APP != "mailkit":
+        # What docs/topics/outbox.rst tells task workers to use: db_worker
+        # closes the database connection after every task unless it may
+        # live on (RQ's SimpleWorker keeps it anyway; a forked work horse
+        # can't). Django's own advice for long-running processes.
+        DATABASES["default"]["CONN_MAX_AGE"] = 600
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif APP.startswith("post_office"):
     INSTALLED_APPS += ["post_office"]
     # post_office renders subjects and bodies as templates.

@@ -200,6 +200,15 @@ def use_tasks() -> bool:
     return _mailkit("USE_TASKS", True, bool)
 
 
+def task_batch_size() -> int:
+    """
+    MAILKIT['TASK_BATCH_SIZE']: messages one delivery task delivers (20): the
+    messages committed together go to one task per this many, and a task
+    run by a task worker takes other due messages up to this many.
+    """
+    return max(1, _mailkit("TASK_BATCH_SIZE", 20, int))
+
+
 def task_backend() -> str:
     """MAILKIT['TASK_BACKEND']: the TASKS alias delivery tasks go to ("default")."""
     return _mailkit("TASK_BACKEND", "default", str)

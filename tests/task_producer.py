@@ -4,13 +4,15 @@ The application side of tests/test_task_backends.py, run as a process:
     python -m tests.task_producer send COMMITTED ROLLED_BACK
     python -m tests.task_producer lose-tasks
     python -m tests.task_producer statuses
+    python -m tests.task_producer runs
 
 ``send`` sends COMMITTED messages, each inside its own
 ``transaction.atomic()`` that commits, and ROLLED_BACK messages inside
 blocks that roll back, interleaved; it prints the Message-IDs of both as
 JSON. ``lose-tasks`` throws the queued tasks away (deletes django-tasks-db's
 rows, or empties the Redis database). ``statuses`` prints the outbox's
-message count per status.
+message count per status. ``runs`` prints how many attempts were made, and
+by how many claimants (each task run claims under a name of its own).
 """
 
 import json
@@ -83,6 +85,15 @@ def statuses() -> dict[str, int]:
     )
 
 
+def runs() -> dict[str, int]:
+    from django_mailkit.models import Attempt
+
+    return {
+        "attempts": Attempt.objects.count(),
+        "runs": Attempt.objects.values("worker").distinct().count(),
+    }
+
+
 def main(argv: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.task_settings")
     django.setup()
@@ -93,6 +104,8 @@ def main(argv: list[str]) -> None:
         result = lose_tasks()
     elif action == "statuses":
         result = statuses()
+    elif action == "runs":
+        result = runs()
     else:
         raise SystemExit(f"unknown action {action!r}")
     print(json.dumps(result))

@@ -7,7 +7,8 @@ processes: the application commits and rolls back messages
 (tests/task_producer.py), the backend's workers deliver them to an SMTP sink
 in this process, and each committed message must arrive exactly once,
 counted by Message-ID; rolled-back ones never. A message whose task was lost
-is still delivered, by ``mailkit_worker``.
+is still delivered, by ``mailkit_worker``. Tasks queued one per message are
+delivered by a few task runs, a batch each (MAILKIT["TASK_BATCH_SIZE"]).
 
 The SQLite tests are small and run on every Django version (the Tasks
 framework differs: django.tasks on 6.0+, the backport on 5.2). The
@@ -250,6 +251,26 @@ def drain_then_lose_tasks(project, worker, *, workers, committed, rolled_back):
     assert project.producer("statuses") == {"sent": committed + 12}
 
 
+def batched_by_task_workers(project, worker, *, workers, committed, rolled_back):
+    """
+    Messages committed one at a time while no worker runs: a task each.
+    Then the workers start: every sending task run takes a batch of 20
+    (its own message, then the oldest due), so three runs deliver 60
+    messages, each exactly once; the other tasks find nothing to do.
+    """
+    sent = project.producer("send", str(committed), str(rolled_back))
+    assert project.producer("statuses") == {"queued": committed}
+    for _ in range(workers):
+        project.start(*worker)
+    project.wait_for_deliveries(committed, timeout=180)
+    time.sleep(0.5)  # anything sent twice would arrive about now
+    project.stop()
+    project.assert_exactly_once(sent)
+    runs = project.producer("runs")
+    assert runs == {"attempts": committed, "runs": -(-committed // 20)}, runs
+    assert project.producer("statuses") == {"sent": committed}
+
+
 @pytest.mark.skipif(ON_POSTGRES, reason="the SQLite pass runs these")
 class TestOnSQLite:
     """Two workers share a SQLite file (every Django version)."""
@@ -268,6 +289,16 @@ class TestOnSQLite:
             workers=2,
             committed=24,
             rolled_back=8,
+        )
+
+    @needs_tasks_rq
+    def test_rq_workers_deliver_in_batches(self, project_factory, redis_url):
+        batched_by_task_workers(
+            project_factory("rq", redis_url=redis_url),
+            RQ_WORKER,
+            workers=2,
+            committed=60,
+            rolled_back=10,
         )
 
 
