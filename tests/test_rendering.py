@@ -892,6 +892,65 @@ def test_generated_messages_mean_the_same(
         assert same_text(got, want, policy)
 
 
+class StdlibPolicy(email.policy.EmailPolicy):
+    """An EmailPolicy subclass: message() takes none of its header shortcuts."""
+
+
+def boundaries_named(data, mime):
+    for number, part in enumerate(mime.walk()):
+        boundary = part.get_boundary()
+        if boundary:
+            data = data.replace(boundary.encode(), b"BOUNDARY%d" % number)
+    return data
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    subject=text,
+    body=st.text(max_size=300),
+    filename=name.filter(lambda s: s.strip() != ""),
+    header=text,
+    html=st.booleans(),
+    attachment=st.binary(max_size=200),
+    encoding=st.sampled_from([None, None, "iso-8859-1"]),
+    policy=st.sampled_from(list(POLICIES.values())),
+)
+def test_generated_message_objects_are_the_email_packages(
+    subject, body, filename, header, html, attachment, encoding, policy
+):
+    """message() with its shortcuts builds the very tree the email package does."""
+    message = EmailMultiAlternatives(
+        subject,
+        body,
+        "from@example.com",
+        ["to@example.com"],
+        headers={**FIXED, "X-Generated": header},
+    )
+    message.encoding = encoding
+    if html:
+        message.attach_alternative(f"<p>{body}</p>", "text/html")
+    message.attach(filename, attachment, "application/octet-stream")
+    stdlib_policy = StdlibPolicy(linesep=policy.linesep, utf8=policy.utf8)
+    try:
+        ours = message.message(policy=policy)
+    except (UnicodeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            message.message(policy=stdlib_policy)
+        return
+    theirs = message.message(policy=stdlib_policy)
+    assert isinstance(ours["Content-Type"], rendering._SharedFold)
+    assert not isinstance(theirs["Content-Type"], rendering._SharedFold)
+    for mine, other in zip(ours.walk(), theirs.walk(), strict=True):
+        assert [(k, str(v), repr(v.defects)) for k, v in mine.items()] == [
+            (k, str(v), repr(v.defects)) for k, v in other.items()
+        ]
+        assert mine.get_params() == other.get_params()
+    for serialize in (policy, email.policy.SMTP, email.policy.default):
+        assert boundaries_named(ours.as_bytes(policy=serialize), ours) == (
+            boundaries_named(theirs.as_bytes(policy=serialize), theirs)
+        )
+
+
 class TestInjectionThroughParts:
     """Filenames and MIME types are header material too, on both routes."""
 
