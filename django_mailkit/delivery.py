@@ -245,7 +245,7 @@ def deliver_batch(
     for message_id, skipped in suppressed.items():
         pending[message_id] = [a for a in pending[message_id] if a not in skipped]
     stopping = should_stop or (lambda: False)
-    recorder = _Recorder(worker, lease, result)
+    recorder = _Recorder(worker, lease, result, delivered_before)
     # The mailers' shared limits (django_mailkit.limits): a token and a
     # connection slot for each message before its attempt is counted, but
     # for one with nobody left to send to, which opens no connection.
@@ -415,8 +415,16 @@ class _Recorder:
     start of the next group, or once the oldest is RECORD_GROUP_SECONDS old.
     """
 
-    def __init__(self, worker: str, lease: timedelta, result: BatchResult) -> None:
+    def __init__(
+        self,
+        worker: str,
+        lease: timedelta,
+        result: BatchResult,
+        delivered_before: set[int],
+    ) -> None:
         self.worker = worker
+        #: Messages an earlier attempt delivered to someone.
+        self.delivered_before = delivered_before
         self.lease = lease
         self.result = result
         self.seconds = conf.record_group_seconds()
@@ -476,7 +484,12 @@ class _Recorder:
                         [(record, attempt)]
                     )[0]
                 except Exception as alone:
-                    attempt, finished = _finish_unrecorded(record, attempt, alone)
+                    attempt, finished = _finish_unrecorded(
+                        record,
+                        attempt,
+                        alone,
+                        delivered_before=record.pk in self.delivered_before,
+                    )
                     if finished:
                         written.add(record.pk)
                 recorded.append((record, attempt))
@@ -523,7 +536,11 @@ def _suppress_refused(record: OutboxMessage, outcome: Outcome) -> None:
 
 
 def _finish_unrecorded(
-    record: OutboxMessage, attempt: AttemptRecord, exc: Exception
+    record: OutboxMessage,
+    attempt: AttemptRecord,
+    exc: Exception,
+    *,
+    delivered_before: bool,
 ) -> tuple[AttemptRecord, bool]:
     """
     Finish a message whose attempt could not be written: never sent again.
@@ -538,7 +555,8 @@ def _finish_unrecorded(
     )
     status = attempt.outcome
     if status == Attempt.Outcome.RETRY:
-        delivered = any(
+        # Partially sent if anyone got it, in this attempt or an earlier one.
+        delivered = delivered_before or any(
             status == RecipientStatus.SENT
             for status, _, _ in attempt.recipients.values()
         )

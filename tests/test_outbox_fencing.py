@@ -17,7 +17,13 @@ from django.utils import timezone
 from django_mailkit import send_mail
 from django_mailkit.backends.base import BaseEmailBackend
 from django_mailkit.delivery import Result, deliver_batch
-from django_mailkit.models import Attempt, OutboxMessage, RecipientStatus, Status
+from django_mailkit.models import (
+    Attempt,
+    AttemptRecord,
+    OutboxMessage,
+    RecipientStatus,
+    Status,
+)
 from django_mailkit.worker import Worker
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -346,6 +352,31 @@ class TestCrashAccounting:
             assert (message.status, message.attempts) == (Status.SENT, 1)
             assert numbers(pk) == [1]
         assert [m.subject for m in HookBackend.delivered].count("m0") == 2
+
+    def test_beginning_a_group_writes_nothing_and_is_fenced(self, outbox):
+        first, second, third = queue(3)
+        claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+        take_over(third.pk)
+        before = [snapshot(m.pk) for m in claimed]
+        assert OutboxMessage.objects.load_group(claimed) == {first.pk, second.pk}
+        assert [snapshot(m.pk) for m in claimed] == before  # a read
+        assert [m.attempts for m in claimed] == [1, 1, 0]  # counted in memory
+        assert b"Subject: m1" in claimed[1].__dict__["mime"]
+        assert "mime" not in claimed[2].__dict__
+        # The count is written with the outcome, as the Attempt's number.
+        now = timezone.now()
+        sent = AttemptRecord(
+            outcome=Attempt.Outcome.SENT,
+            worker="w",
+            started_at=now,
+            finished_at=now,
+            replies={"u0@example.com": (250, "ok")},
+            recipients={"u0@example.com": (RecipientStatus.SENT, 250, "ok")},
+        )
+        assert claimed[0].record_attempt(sent) is True
+        assert OutboxMessage.objects.get(pk=first.pk).attempts == 1
+        assert numbers(first.pk) == [1]
+        assert OutboxMessage.objects.get(pk=second.pk).attempts == 0
 
     def test_spent_at_recovery_after_delivering_to_some_is_partial(self, outbox):
         send_mail("s", "body", None, ["a@example.com", "b@example.com"])

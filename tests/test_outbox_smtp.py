@@ -5,12 +5,19 @@ end in the right state, with the right attempt history, and an accepted
 recipient is never sent to twice.
 """
 
+from unittest import mock
+
 import pytest
 from django.test import override_settings
 from django.utils import timezone
 
 from django_mailkit import EmailMessage, mailers
-from django_mailkit.models import OutboxMessage, RecipientStatus, Status
+from django_mailkit.models import (
+    OutboxMessage,
+    OutboxMessageQuerySet,
+    RecipientStatus,
+    Status,
+)
 from django_mailkit.worker import Worker
 from tests.mailers import outbox_via_smtp
 
@@ -288,6 +295,30 @@ def test_each_attempt_records_what_it_did(server, first, second, message, attemp
     record.refresh_from_db()
     assert record.status == message
     assert [outcome for _n, outcome, _r in history(record)] == attempts
+
+
+def test_an_unwritable_retry_of_a_partly_delivered_message_is_partial(server):
+    """
+    The retry's outcome can't be written, so the message is finished as it
+    stands: partially sent, for a@ got it on the first attempt (the retry
+    itself delivered nothing).
+    """
+    server.refuse_recipient("b@example.com", "451 4.2.1 Busy")
+    record = send(to=["a@example.com", "b@example.com"])
+    attempt()
+    record_attempts = OutboxMessageQuerySet.record_attempts
+
+    def full_disk(self, outcomes, **kwargs):
+        if outcomes:
+            raise RuntimeError("disk full")
+        return record_attempts(self, outcomes, **kwargs)
+
+    with mock.patch.object(OutboxMessageQuerySet, "record_attempts", full_disk):
+        Worker(once=True, interval=0).run()
+    record.refresh_from_db()
+    assert (record.status, record.attempts) == (Status.PARTIAL, 2)
+    assert record.last_error.startswith("The attempt's outcome could not be recorded")
+    assert states(record)["a@example.com"] == (RecipientStatus.SENT, 250)
 
 
 def test_an_unreachable_server_is_tried_once_per_batch(server, closed_port):
