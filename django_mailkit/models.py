@@ -74,6 +74,26 @@ class Priority(models.IntegerChoices):
 CLAIM_ORDER = ("-priority", "next_attempt_at", "id")
 
 
+#: The fields a claim loads: what delivery reads and writes. Any other field
+#: is loaded from the database if asked for (one query per message): the
+#: bytes by ``begin_attempt()``, the subject for a non-SMTP mailer.
+CLAIMED_FIELDS = (
+    "id",
+    "queued_via",
+    "mailer",
+    "from_email",
+    "size",
+    "status",
+    "attempts",
+    "requeued_attempts",
+    "claimed_by",
+    "lease_expires_at",
+    "sent_at",
+    "priority",
+    "claim_token",
+)
+
+
 class RecipientStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     DEFERRED = "deferred", _("Deferred (temporary failure)")
@@ -186,8 +206,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         so two workers can never both claim a message, even on databases
         without row locks (SQLite). Each claim bumps the message's
         ``claim_token``: every later write of this claim is fenced on it.
-        The messages come back without their bytes (``mime`` is deferred):
-        they are loaded when they are sent, a group at a time
+        The messages come back with only ``CLAIMED_FIELDS`` loaded, not
+        their bytes: they are loaded when they are sent, a group at a time
         (``record_attempts(then_load=...)``) or alone (``begin_attempt()``).
         No attempt is counted yet.
         """
@@ -207,10 +227,12 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 updated_at=now,
             )
             # Read back in the same transaction: a row this worker claimed
-            # can't be taken over before the tokens are read.
+            # can't be taken over before the tokens are read. Only what
+            # delivery uses (CLAIMED_FIELDS): not the bytes, and not the
+            # texts and timestamps a worker never reads.
             return list(
                 qs.filter(id__in=locked, status=Status.SENDING, claimed_by=worker)
-                .defer("mime")
+                .only(*CLAIMED_FIELDS)
                 .order_by(*CLAIM_ORDER)
             )
 
