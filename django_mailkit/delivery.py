@@ -85,19 +85,11 @@ class BatchResult:
     lease_lost: list[int] = field(default_factory=list)
 
     def add(self, result: Result, message_id: int) -> None:
-        self._lists[result].append(message_id)
+        getattr(self, _BATCH_LISTS[result]).append(message_id)
 
     @property
     def _lists(self) -> dict[Result, list[int]]:
-        return {
-            Result.SENT: self.sent,
-            Result.PARTIAL: self.partial,
-            Result.RETRY: self.retry,
-            Result.FAILED: self.failed,
-            Result.SUPPRESSED: self.suppressed,
-            Result.RELEASED: self.skipped,
-            Result.LEASE_LOST: self.lease_lost,
-        }
+        return {result: getattr(self, name) for result, name in _BATCH_LISTS.items()}
 
     def of(self, message_id: int) -> Result | None:
         """What became of ``message_id`` in this batch (None: not in it)."""
@@ -116,6 +108,18 @@ class BatchResult:
             + len(self.failed)
             + len(self.suppressed)
         )
+
+
+#: The BatchResult list of each Result.
+_BATCH_LISTS = {
+    Result.SENT: "sent",
+    Result.PARTIAL: "partial",
+    Result.RETRY: "retry",
+    Result.FAILED: "failed",
+    Result.SUPPRESSED: "suppressed",
+    Result.RELEASED: "skipped",
+    Result.LEASE_LOST: "lease_lost",
+}
 
 
 class StoredMessage(EmailMessage):
