@@ -86,6 +86,7 @@ CLAIMED_FIELDS = (
     "status",
     "attempts",
     "requeued_attempts",
+    "recoveries",
     "claimed_by",
     "lease_expires_at",
     "sent_at",
