@@ -220,6 +220,12 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             locked = list(qs.claimable(now, mailer=mailer, ids=ids)[:limit])
             if not locked:
                 return []
+            if connections[db].vendor == "postgresql":
+                from ._sql import claim_returning
+
+                return claim_returning(
+                    locked, db, worker=worker, now=now, expires=now + lease
+                )
             qs.filter(id__in=locked, status=Status.QUEUED).update(
                 status=Status.SENDING,
                 claimed_by=worker,

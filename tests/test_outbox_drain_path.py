@@ -1,21 +1,30 @@
 """
-The worker's drain path reads and writes only what it must.
+The worker's drain path reads and writes only what it must, and exactly.
 
 A claim loads the fields delivery uses (``CLAIMED_FIELDS``) and nothing
 else; a field left out would be loaded by Django on first use, one query per
 message. These tests fail if delivery ever touches such a field.
+
+A group's outcomes are written together (on PostgreSQL in one statement
+whose values go as JSON): still fenced message by message, and every text
+stored exactly as it was, whatever quotes, backslashes or characters it
+holds.
 """
 
 from datetime import timedelta
 
 import pytest
+from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
 from django_mailkit import EmailMessage, mailers
 from django_mailkit.models import (
     CLAIMED_FIELDS,
+    Attempt,
+    AttemptRecord,
     OutboxMessage,
+    Recipient,
     RecipientStatus,
     Status,
 )
@@ -34,6 +43,22 @@ def server(smtp_server):
         MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 2},
     ):
         yield smtp_server
+
+
+@pytest.fixture
+def outbox():
+    """An outbox mailer, for the tests that call the writes directly."""
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "transport"},
+            },
+            "transport": {"BACKEND": "django_mailkit.backends.locmem.EmailBackend"},
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        yield
 
 
 @pytest.fixture
@@ -103,3 +128,83 @@ def test_delivery_touches_no_field_the_claim_left_out(server, no_lazy_loads):
         RecipientStatus.FAILED
     ]
     assert OutboxMessage.objects.get(subject="m1").sent_at is not None
+
+
+# The grouped write (one statement on PostgreSQL, its values as JSON).
+
+ODD_TEXTS = [
+    "o'brien@example.com",
+    '"quoted \\"local\\""@example.com',
+    "back\\slash@example.com",
+    "literal-\\u0000-not-a-nul@example.com",
+    "jörg@exämple.com",
+    "emoji-😀@example.com",
+    '{"json": ["looking", 1]}@example.com',
+]
+
+
+def claimed_group(count):
+    queue(*([f"u{i}@example.com"] for i in range(count)))
+    claimed = OutboxMessage.objects.claim("w", limit=count, lease=LEASE)
+    for record in claimed:
+        record.attempts = 1  # its attempt, counted when its group began
+    return claimed
+
+
+def attempt_for(record, address, reply, outcome=Attempt.Outcome.SENT, code=250):
+    now = timezone.now()
+    status = RecipientStatus.SENT if code < 400 else RecipientStatus.FAILED
+    return AttemptRecord(
+        outcome=outcome,
+        worker="w",
+        started_at=now,
+        finished_at=now,
+        error="" if code < 400 else f"{address}: {code} {reply}",
+        smtp_code=code,
+        smtp_reply=reply,
+        replies={address: (code, reply)},
+        recipients={address: (status, code, reply)},
+    )
+
+
+def test_a_group_write_is_fenced_per_message(outbox):
+    first, second, third = claimed_group(3)
+    # Another worker took the second over (its lease ran out).
+    OutboxMessage.objects.filter(pk=second.pk).update(claim_token=F("claim_token") + 1)
+    before = OutboxMessage.objects.filter(pk=second.pk).values().get()
+    written, _loaded = OutboxMessage.objects.record_attempts(
+        [
+            (record, attempt_for(record, f"u{i}@example.com", "250 ok"))
+            for i, record in enumerate((first, second, third))
+        ]
+    )
+    assert written == {first.pk, third.pk}
+    assert OutboxMessage.objects.filter(pk=second.pk).values().get() == before
+    assert not Attempt.objects.filter(message_id=second.pk).exists()
+    assert second.recipient_set.get().status == RecipientStatus.PENDING
+    for record in (first, third):
+        row = OutboxMessage.objects.get(pk=record.pk)
+        assert (row.status, row.attempts) == (Status.SENT, 1)
+        assert record.recipient_set.get().status == RecipientStatus.SENT
+        assert Attempt.objects.filter(message_id=record.pk).count() == 1
+
+
+@pytest.mark.parametrize("address", ODD_TEXTS)
+def test_odd_addresses_and_replies_are_written_as_they_are(outbox, address):
+    # Texts with quotes, backslashes, a JSON look-alike, an escape sequence
+    # written out, non-ASCII and astral characters: stored byte for byte.
+    (record,) = claimed_group(1)
+    Recipient.objects.filter(message=record).update(address=address)
+    reply = f"5.1.1 <{address}>: \"no\" \\ 'such' user\n\tü 😀 \\n \\u0041 %s %(x)s"
+    attempt = attempt_for(record, address, reply, Attempt.Outcome.FAILED, 550)
+    written, _loaded = OutboxMessage.objects.record_attempts([(record, attempt)])
+    assert written == {record.pk}
+    row = OutboxMessage.objects.get(pk=record.pk)
+    assert row.status == Status.FAILED
+    assert row.last_error == f"{address}: 550 {reply}"
+    recipient = record.recipient_set.get()
+    assert (recipient.address, recipient.status) == (address, RecipientStatus.FAILED)
+    assert (recipient.smtp_code, recipient.smtp_reply) == (550, reply)
+    (stored,) = Attempt.objects.filter(message_id=record.pk)
+    assert (stored.smtp_code, stored.smtp_reply) == (550, reply)
+    assert stored.recipients == {address: [550, reply]}
