@@ -52,7 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 TICK = os.sysconf("SC_CLK_TCK")
 BODY = "A plain message of about a kilobyte.\n" * 28
-APPS = ["mailkit", "post_office", "post_office-1000", "mailer", "mailkit-rq"]
+APPS = [
+    "mailkit",
+    "post_office",
+    "post_office-1000",
+    "mailer",
+    "mailkit-rq",
+    "mailkit-db",
+]
 
 
 # --- inside the app's project (python -m bench.compare queue|count) ----------
@@ -232,7 +239,8 @@ def drain_commands(app: str, processes: int) -> list[list[str]]:
 
 
 def run_app(app: str, count: int, processes: int, port: int, redis: str) -> dict:
-    dbname = "mailkit_cmp_" + app.replace("-", "_")
+    # A database of this run's own: two runs at once must not share one.
+    dbname = f"mailkit_cmp_{os.getpid()}_" + app.replace("-", "_")
     with postgres() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{dbname}"')
