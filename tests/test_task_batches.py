@@ -187,6 +187,41 @@ def test_the_immediate_backend_delivers_only_the_messages_of_the_commit():
     assert OutboxMessage.objects.filter(status=Status.QUEUED).count() == 3
 
 
+def test_the_messages_a_task_takes_keep_to_the_mailers_rate():
+    if tasks.task_backends is None:
+        pytest.skip("no Tasks framework (django.tasks or django-tasks)")
+    from tests.mailers import outbox_via_smtp
+    from tests.smtpserver import SMTPTestServer
+
+    server = SMTPTestServer()
+    server.start()
+    try:
+        with override_settings(
+            MAILERS=outbox_via_smtp(server, timeout=5, rate="1/m"),
+            TASKS={"default": {"BACKEND": f"{MODULE}.backends.dummy.DummyBackend"}},
+            MAILKIT={"USE_TASKS": True, "LEASE_SECONDS": 0.4},
+        ):
+            backend = tasks.task_backends["default"]
+            send_each(3)
+            first = backend.results[0]
+            # It takes the other two, but the rate lets one message go: they
+            # go back to the queue untried and uncharged, as in the worker.
+            assert run(first) == "sent"
+    finally:
+        server.stop()
+    assert len(server.deliveries) == 1
+    rows = OutboxMessage.objects.order_by("pk").values_list(
+        "status", "attempts", "claim_token"
+    )
+    # Each was claimed once (by this task run); two given back uncharged.
+    assert list(rows) == [
+        (Status.SENT, 1, 1),
+        (Status.QUEUED, 0, 1),
+        (Status.QUEUED, 0, 1),
+    ]
+    assert sending_runs() == 1
+
+
 def test_the_batch_size_is_a_whole_number():
     from django.core.exceptions import ImproperlyConfigured
 
