@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connections, models
 from django.db.models import Field
+from django.db.models.expressions import RawSQL
 
 if TYPE_CHECKING:
     from django.db.models.options import Options
@@ -388,3 +389,22 @@ def claim_returning(
     # CLAIM_ORDER: the most urgent first, then the longest due, then by id.
     claimed.sort(key=lambda pair: (-pair[0].priority, pair[1], pair[0].pk))
     return [message for message, _due in claimed]
+
+
+def many_values(values: list[Any], db: str, *, integers: bool = False) -> Any:
+    """
+    The right-hand side of an ``__in`` lookup on many values (a batch's
+    message ids, its recipients' addresses): one JSON parameter unpacked by
+    the database (PostgreSQL, SQLite), instead of a placeholder per value
+    that Django compiles and the driver quotes one at a time. Elsewhere,
+    the values themselves.
+    """
+    connection = connections[db]
+    if connection.vendor == "postgresql":
+        cast = "::bigint" if integers else ""
+        return RawSQL(
+            f"SELECT json_array_elements_text(%s::json){cast}", [json.dumps(values)]
+        )
+    if connection.vendor == "sqlite" and connection.features.supports_json_field:
+        return RawSQL("SELECT value FROM json_each(%s)", [json.dumps(values)])
+    return values

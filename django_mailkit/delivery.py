@@ -41,6 +41,7 @@ from django.db import router
 from django.utils import timezone
 
 from . import conf, suppression
+from ._sql import many_values
 from .backends.base import BaseEmailBackend
 from .envelope import envelope_address, stored_envelope
 from .handler import mailers
@@ -231,8 +232,8 @@ def deliver_batch(
     suppressed_before: set[int] = set()
     for message_id, address, status in (
         # The primary, never a replica that may lag behind the claim.
-        Recipient.objects.using(router.db_for_write(Recipient))
-        .filter(message_id__in=[m.pk for m in messages])
+        Recipient.objects.using(db := router.db_for_write(Recipient))
+        .filter(message_id__in=many_values([m.pk for m in messages], db, integers=True))
         .order_by("id")
         .values_list("message_id", "address", "status")
     ):

@@ -151,6 +151,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         db = router.db_for_write(self.model)
         now = now or timezone.now()
         expired = self.using(db).expired_leases(now)
+        if not expired.exists():
+            return 0  # the usual case: one query (a worker runs this per batch)
         spent = Q(attempts__gte=F("requeued_attempts") + conf.max_attempts())
         with transaction.atomic(using=db):
             # Rare: one fenced write per message. Rows another recovery

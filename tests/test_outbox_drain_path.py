@@ -18,7 +18,8 @@ from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
-from django_mailkit import EmailMessage, mailers
+from django_mailkit import EmailMessage, mailers, suppression
+from django_mailkit.delivery import deliver_batch
 from django_mailkit.models import (
     CLAIMED_FIELDS,
     Attempt,
@@ -27,6 +28,7 @@ from django_mailkit.models import (
     Recipient,
     RecipientStatus,
     Status,
+    SuppressionReason,
 )
 from django_mailkit.worker import Worker
 from tests.mailers import outbox_via_smtp
@@ -208,3 +210,21 @@ def test_odd_addresses_and_replies_are_written_as_they_are(outbox, address):
     (stored,) = Attempt.objects.filter(message_id=record.pk)
     assert (stored.smtp_code, stored.smtp_reply) == (550, reply)
     assert stored.recipients == {address: [550, reply]}
+
+
+# A batch's lookups take their many values as one JSON parameter.
+
+
+def test_a_batch_reads_its_recipients_and_suppressions_whatever_the_text(outbox):
+    listed = ["o'brien@example.com", "jörg@exämple.com", '"john doe"@example.com']
+    others = ["a@example.com", "c+tag@example.com"]
+    queue(*([address] for address in listed + others))
+    suppression.suppress(listed, reason=SuppressionReason.IMPORTED)
+    claimed = OutboxMessage.objects.claim("w", limit=10, lease=LEASE)
+    result = deliver_batch(claimed, worker="w", lease=LEASE)
+    assert sorted(result.suppressed) == sorted(m.pk for m in claimed[:3])
+    assert sorted(result.sent) == sorted(m.pk for m in claimed[3:])
+    skipped = Recipient.objects.filter(status=RecipientStatus.SUPPRESSED)
+    assert sorted(skipped.values_list("message_id", flat=True)) == sorted(
+        result.suppressed
+    )
