@@ -217,6 +217,8 @@ def check_limits_apply(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             limited[alias] = options
     warnings: list[CheckMessage] = []
     batch, lease = conf.batch_size(), conf.lease_seconds()
+    # A delivery task on a task worker takes up to TASK_BATCH_SIZE too.
+    task_batch = conf.task_batch_size() if conf.use_tasks() else 0
     for alias in limited:
         rate = getattr(mailers[alias], "rate", None)
         if rate is None or alias not in delivered:
@@ -232,6 +234,19 @@ def check_limits_apply(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                     "the rest of each batch goes back to the queue.",
                     hint=f"Set MAILKIT['BATCH_SIZE'] (or mailkit_worker --batch-size) "
                     f"to {max(1, int(sent))} or less.",
+                    id="django_mailkit.W006",
+                )
+            )
+        elif sent < task_batch:
+            warnings.append(
+                Warning(
+                    f"MAILERS[{alias!r}]['OPTIONS']['rate'] is {rate}: about "
+                    f"{sent:.0f} messages go out in half a lease ({lease / 2:g} s), "
+                    "fewer than a delivery task takes "
+                    f"(MAILKIT['TASK_BATCH_SIZE'] = {task_batch}); the rest of "
+                    "each task's batch goes back to the queue, for mailkit_worker.",
+                    hint=f"Set MAILKIT['TASK_BATCH_SIZE'] to {max(1, int(sent))} "
+                    "or less.",
                     id="django_mailkit.W006",
                 )
             )

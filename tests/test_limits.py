@@ -431,6 +431,26 @@ def test_a_rate_too_slow_for_a_batch_is_a_warning():
         assert check_messages({"default": outbox, "smtp": smtp}) == []
 
 
+def test_a_rate_too_slow_for_a_task_batch_is_a_warning():
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", "rate": "1000/h"}}
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
+    mailkit = {"BATCH_SIZE": 40, "LEASE_SECONDS": 300, "TASK_BATCH_SIZE": 50}
+    with override_settings(MAILKIT=mailkit):
+        (message,) = check_messages({"default": outbox, "smtp": smtp})
+    assert message.id == "django_mailkit.W006"
+    assert message.msg == (
+        "MAILERS['smtp']['OPTIONS']['rate'] is 1000/h: about 42 messages go out "
+        "in half a lease (150 s), fewer than a delivery task takes "
+        "(MAILKIT['TASK_BATCH_SIZE'] = 50); the rest of each task's batch goes "
+        "back to the queue, for mailkit_worker."
+    )
+    assert message.hint == "Set MAILKIT['TASK_BATCH_SIZE'] to 41 or less."
+    # Without delivery tasks, or with a batch the rate sends: nothing.
+    for more in ({"USE_TASKS": False}, {"TASK_BATCH_SIZE": 20}):
+        with override_settings(MAILKIT={**mailkit, **more}):
+            assert check_messages({"default": outbox, "smtp": smtp}) == []
+
+
 def test_a_message_with_every_recipient_suppressed_takes_no_token_or_slot(limited):
     from django_mailkit.suppression import suppress
 
