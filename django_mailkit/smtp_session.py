@@ -78,16 +78,18 @@ class Reply(NamedTuple):
 
 
 #: Control characters other than tab and newline: a reply is stored in text
-#: columns, and PostgreSQL refuses a NUL in one.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+#: columns, and PostgreSQL refuses a NUL in one. And lone surrogates (text
+#: decoded with "surrogateescape", as the email package does, may reach an
+#: exception's message): no database driver can encode one.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
 
 def decode_reply(reply: bytes | str) -> str:
     """
     An SMTP reply as text that can be stored: servers may send any bytes.
 
-    Undecodable bytes and control characters (a NUL among them) become
-    U+FFFD.
+    Undecodable bytes, control characters (a NUL among them) and lone
+    surrogates become U+FFFD.
     """
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     return _CONTROL.sub("\ufffd", text)

@@ -1,0 +1,89 @@
+"""
+Outcomes a database refuses to store, in a group of outcomes: each message
+of the group is still recorded once, and the others are never left claimed
+(to be sent again by lease recovery) because of one of them.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.test import override_settings
+
+from django_mailkit import send_mail
+from django_mailkit.backends.base import BaseEmailBackend
+from django_mailkit.delivery import deliver_batch
+from django_mailkit.models import Attempt, OutboxMessage, Status
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+LEASE = timedelta(minutes=1)
+
+
+class RaisingBackend(BaseEmailBackend):
+    """
+    A third-party transport: its error for the message whose subject is in
+    ``errors`` is that text (any text a library may put in an exception).
+    """
+
+    errors: dict[str, str] = {}
+    delivered: list[str] = []
+
+    def deliver(self, message):
+        if message.subject in RaisingBackend.errors:
+            raise ValueError(RaisingBackend.errors[message.subject])
+        RaisingBackend.delivered.append(message.subject)
+        return True
+
+
+@pytest.fixture
+def outbox():
+    mail.outbox = []
+    RaisingBackend.errors = {}
+    RaisingBackend.delivered = []
+    with override_settings(
+        MAILERS={
+            "default": {
+                "BACKEND": "django_mailkit.backends.outbox.EmailBackend",
+                "OPTIONS": {"deliver_using": "transport"},
+            },
+            "transport": {"BACKEND": "tests.test_outbox_write_failures.RaisingBackend"},
+        },
+        MAILKIT={"USE_TASKS": False},
+    ):
+        yield
+
+
+def queue(count):
+    for i in range(count):
+        send_mail(f"m{i}", "body", None, [f"u{i}@example.com"])
+    return list(OutboxMessage.objects.order_by("pk"))
+
+
+def attempts_of(pk):
+    return list(Attempt.objects.filter(message_id=pk).values_list("number", "outcome"))
+
+
+def test_an_error_text_with_a_lone_surrogate_is_stored_cleaned(outbox):
+    """
+    Python text may hold a lone surrogate (bytes decoded with
+    "surrogateescape", as the email package does); no database column takes
+    one. The message is recorded with U+FFFD in its place, and the rest of
+    its group as usual.
+    """
+    first, second, third = queue(3)
+    RaisingBackend.errors = {"m1": "bad header \udcff\udcfe in <u1@example.com>"}
+    claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+    result = deliver_batch(claimed, worker="w", lease=LEASE)
+    assert (result.sent, result.failed) == ([first.pk, third.pk], [second.pk])
+    assert RaisingBackend.delivered == ["m0", "m2"]
+    rows = OutboxMessage.objects.order_by("pk").values_list("status", "attempts")
+    assert list(rows) == [(Status.SENT, 1), (Status.FAILED, 1), (Status.SENT, 1)]
+    failed = OutboxMessage.objects.get(pk=second.pk)
+    assert failed.last_error == (
+        "ValueError: bad header \ufffd\ufffd in <u1@example.com>"
+    )
+    assert Attempt.objects.get(message_id=second.pk).error == failed.last_error
+    assert failed.recipient_set.get().smtp_reply == failed.last_error
+    for record in (first, second, third):
+        assert len(attempts_of(record.pk)) == 1
