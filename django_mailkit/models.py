@@ -262,8 +262,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         Then ``then_load`` is ``load_group()``: a read, fenced the same way.
         Returns the ids recorded and the ids loaded. On PostgreSQL all of it
         is one statement (one round trip for a group of messages);
-        elsewhere each message's record is its own transaction, and the
-        group's read one query.
+        elsewhere the records are one transaction, and the group's read one
+        query. Either way, if it fails, none of the records is written.
         """
         db = router.db_for_write(self.model)
         changes = [
@@ -277,11 +277,15 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 changes, db, then_load=list(then_load)
             )
         else:
-            written = {
-                record.pk
-                for record, attempt, fields in changes
-                if record._record_attempt_orm(attempt, fields, db)
-            }
+            # All of the group or nothing of it, as the one statement is: a
+            # failure part way must leave no message written, or the writes
+            # one by one that follow (delivery's) record some twice.
+            with transaction.atomic(using=db):
+                written = {
+                    record.pk
+                    for record, attempt, fields in changes
+                    if record._record_attempt_orm(attempt, fields, db)
+                }
             rows = self._load_orm(then_load, db) if then_load else {}
         for record, _attempt, fields in changes:
             if record.pk in written:
@@ -667,7 +671,8 @@ class OutboxMessage(models.Model):
     def _record_attempt_orm(
         self, attempt: AttemptRecord, fields: dict[str, Any], db: str
     ) -> bool:
-        with transaction.atomic(using=db):
+        # Always inside record_attempts()' transaction: no savepoint needed.
+        with transaction.atomic(using=db, savepoint=False):
             if not self._fenced(db).update(**fields):
                 return False
             still_pending = Recipient.objects.using(db).filter(

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.db import OperationalError, connection
 from django.test import override_settings
 
 from django_mailkit import send_mail
@@ -87,3 +88,32 @@ def test_an_error_text_with_a_lone_surrogate_is_stored_cleaned(outbox):
     assert failed.recipient_set.get().smtp_reply == failed.last_error
     for record in (first, second, third):
         assert len(attempts_of(record.pk)) == 1
+
+
+def test_a_group_write_that_fails_part_way_records_each_message_once(outbox):
+    """
+    The group's write fails at its second message (the database was busy):
+    nothing of the group may stay written, or the one-by-one writes that
+    follow record the first message's attempt twice.
+    """
+    first, second, third = queue(3)
+    claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+    writes = []
+
+    def busy_once(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH")):
+            writes.append(sql)
+            # The group's write of the second message (on PostgreSQL, the
+            # group's single statement) fails, once.
+            if len(writes) == (1 if connection.vendor == "postgresql" else 4):
+                raise OperationalError("database is locked")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(busy_once):
+        result = deliver_batch(claimed, worker="w", lease=LEASE)
+    assert result.sent == [first.pk, second.pk, third.pk]
+    assert RaisingBackend.delivered == ["m0", "m1", "m2"]
+    for record in (first, second, third):
+        assert attempts_of(record.pk) == [(1, Attempt.Outcome.SENT)]
+    rows = OutboxMessage.objects.values_list("status", "attempts")
+    assert list(rows) == [(Status.SENT, 1)] * 3
