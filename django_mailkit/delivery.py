@@ -489,12 +489,25 @@ class _Recorder:
                         [(record, attempt)]
                     )[0]
                 except Exception as alone:
-                    attempt, finished = _finish_unrecorded(
-                        record,
-                        attempt,
-                        alone,
-                        delivered_before=record.pk in self.delivered_before,
-                    )
+                    try:
+                        attempt, finished = _finish_unrecorded(
+                            record,
+                            attempt,
+                            alone,
+                            delivered_before=record.pk in self.delivered_before,
+                        )
+                    except Exception:
+                        # Nothing of it can be written: it stays claimed
+                        # until its lease runs out (recover_expired()). The
+                        # others' outcomes are still written, so that they
+                        # are not sent again.
+                        logger.exception(
+                            "Outbox message %s: finishing it failed too; it "
+                            "stays claimed until its lease runs out.",
+                            record.pk,
+                        )
+                        self.outcomes.pop(record.pk, None)
+                        continue
                     if finished:
                         written.add(record.pk)
                 recorded.append((record, attempt))

@@ -117,3 +117,33 @@ def test_a_group_write_that_fails_part_way_records_each_message_once(outbox):
         assert attempts_of(record.pk) == [(1, Attempt.Outcome.SENT)]
     rows = OutboxMessage.objects.values_list("status", "attempts")
     assert list(rows) == [(Status.SENT, 1)] * 3
+
+
+def test_one_outcome_that_cannot_be_stored_leaves_no_other_claimed(outbox):
+    """
+    A message whose outcome can't be written at all (not even as finished)
+    stays claimed, for lease recovery; the others of its group are recorded,
+    not left claimed to be sent again.
+    """
+    first, second, third = queue(3)
+    RaisingBackend.errors = {"m1": "refused-by-the-database"}
+    claimed = OutboxMessage.objects.claim("w", limit=3, lease=LEASE)
+
+    def refuse(execute, sql, params, many, context):
+        if any("refused-by-the-database" in str(p) for p in params or ()):
+            raise OperationalError("value refused")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(refuse):
+        result = deliver_batch(claimed, worker="w", lease=LEASE)
+    assert result.sent == [first.pk, third.pk]
+    assert result.of(second.pk) is None  # nothing recorded, logged
+    assert RaisingBackend.delivered == ["m0", "m2"]
+    statuses = dict(OutboxMessage.objects.values_list("pk", "status"))
+    assert statuses == {
+        first.pk: Status.SENT,
+        second.pk: Status.SENDING,
+        third.pk: Status.SENT,
+    }
+    assert attempts_of(first.pk) == attempts_of(third.pk) == [(1, Attempt.Outcome.SENT)]
+    assert attempts_of(second.pk) == []
