@@ -411,13 +411,16 @@ class _SharedFold:
 
 _FORMATTED_CLASSES: dict[tuple[type, type], type] = {}
 _REGISTRY_CLASSES: dict[str, type] = {}
-_SHARED_CLASSES: dict[type, type] = {}
+# Keyed by the bases of a registry_class() class (the registry's class and
+# base_class), not by the class: those classes are made again each time
+# _REGISTRY_CLASSES is cleared, and keys holding them would pile up.
+_SHARED_CLASSES: dict[tuple[type, ...], type] = {}
 # The headers set_content() and friends write: a handful of values, the
 # same in every message.
 _SHARED_NAMES = frozenset(
     {"content-type", "content-transfer-encoding", "mime-version", "content-disposition"}
 )
-_SHARED_HEADERS: dict[tuple[type, str, str], Any] = {}
+_SHARED_HEADERS: dict[tuple[tuple[type, ...], str, str], Any] = {}
 
 
 def registry_class(policy: Any, name: str) -> type | None:
@@ -455,14 +458,15 @@ def new_header(cls: type, name: str, value: Any) -> Any:
     """
     if type(value) is not str or name.lower() not in _SHARED_NAMES:
         return cls(name, value)
-    key = (cls, name, value)
+    bases = cls.__bases__
+    key = (bases, name, value)
     made = _SHARED_HEADERS.get(key)
     if made is None:
-        shared = _SHARED_CLASSES.get(cls)
+        shared = _SHARED_CLASSES.get(bases)
         if shared is None:
             # Module-level bases, so the header still pickles.
-            shared = type(cls.__name__, (_SharedFold, *cls.__bases__), {})
-            _SHARED_CLASSES[cls] = shared
+            shared = type(cls.__name__, (_SharedFold, *bases), {})
+            _SHARED_CLASSES[bases] = shared
         made = shared(name, value)
         if len(_SHARED_HEADERS) >= 1024:
             _SHARED_HEADERS.clear()

@@ -15,10 +15,17 @@ import email
 import email.contentmanager
 import email.message
 import email.policy
+import gc
 import pickle
 import re
 import sys
-from email.headerregistry import Address, AddressHeader, HeaderRegistry
+from email.headerregistry import (
+    Address,
+    AddressHeader,
+    BaseHeader,
+    ContentTypeHeader,
+    HeaderRegistry,
+)
 from email.message import MIMEPart
 
 import pytest
@@ -735,6 +742,29 @@ class TestStandardRouteShortcuts:
             msg = MIMEMessage(policy=policy)
             msg["X-Special"] = "ann@example.com"
             assert isinstance(msg["X-Special"], AddressHeader) == (policy is special)
+
+    def test_distinct_header_names_leave_no_header_classes_behind(self):
+        # A worker that writes a header name of its own per message
+        # (X-Campaign-1, X-Campaign-2...) runs for months: the classes made
+        # per name, and those made from them for the shared MIME headers,
+        # must not pile up as the per-name cache is cleared and refilled.
+        def live_classes():
+            gc.collect()
+            return len(ContentTypeHeader.__subclasses__())
+
+        counts = []
+        for round_ in range(4):
+            msg = MIMEMessage()
+            for index in range(1100):
+                msg[f"X-Campaign-{round_}-{index}"] = "1"
+            msg["Content-Type"] = "text/plain"
+            assert type(msg["Content-Type"]).__bases__[-2:] == (
+                ContentTypeHeader,
+                BaseHeader,
+            )
+            del msg
+            counts.append(live_classes())
+        assert counts[-1] <= counts[0], counts
 
     def test_shared_headers_pickle(self):
         mime = plain(attachments=[("a.txt", "text", "text/plain")]).message()
