@@ -234,7 +234,9 @@ def envelope_address(value: Any, *, field: str = "address") -> EnvelopeAddress:
             # Each part as given: Address() itself checks only for CR and LF.
             return _path(value.display_name, value.username, value.domain)
         value = str(value)  # may be a lazy translation string
-        return _parse(value)
+        # Exactly the text: a str subclass's own == and hash() (say, ignoring
+        # case) must not match what _parse() remembered for another address.
+        return _parse(str.__str__(value))
     except _Reason as reason:
         raise InvalidAddress(value, field=field, reason=str(reason)) from None
 

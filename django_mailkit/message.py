@@ -241,6 +241,10 @@ def to_address(value: Any, *, field: str) -> Address:
             _check_nul(value, part, field)
         return _checked_spec(value, value, field)
     text = str(value)  # may be a lazy translation string
+    if type(text) is not str:
+        # A str subclass may define == and hash() as it likes (say, ignoring
+        # case): the caches below must see exactly the text it holds.
+        text = str.__str__(text)
     address = _VALID_ADDRESSES.get(text)
     if address is not None:
         return address

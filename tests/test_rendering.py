@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_mailkit import EmailMessage, EmailMultiAlternatives, rendering
+from django_mailkit.envelope import message_envelope
 from django_mailkit.exceptions import InvalidAddress
 from django_mailkit.message import MIMEMessage
 from django_mailkit.rendering import render_bytes
@@ -807,6 +808,60 @@ class TestFastRouteCaches:
             with pytest.raises(ValueError, match=field.capitalize()):
                 render_bytes(message, email.policy.SMTP)
             setattr(message, field, [])
+
+    def test_an_address_str_subclass_is_checked_as_its_own_text(self):
+        # A type that compares addresses case-insensitively (hash and == of
+        # the lower-cased text) is a common pattern. What was remembered for
+        # an equal-comparing address must not answer for it: each message
+        # gets its own spelling, in the header and in the envelope.
+        class CaseInsensitive(str):
+            def __str__(self):
+                return self
+
+            def __eq__(self, other):
+                return isinstance(other, str) and self.lower() == other.lower()
+
+            def __hash__(self):
+                return hash(self.lower())
+
+        for spelling in ("ANN SMITH <ANN@EXAMPLE.COM>", "Ann Smith <Ann@Example.com>"):
+            message = EmailMessage(
+                "Hi", "Body", "from@example.com", [CaseInsensitive(spelling)]
+            )
+            assert message_envelope(message).recipients == [spelling[11:-1]]
+            for data in (
+                render_bytes(message, email.policy.SMTP)[0],
+                message.message().as_bytes(),
+            ):
+                assert f"To: {spelling}".encode() in data
+
+    def test_an_address_equal_to_everything_is_still_checked(self):
+        class Sneaky(str):
+            def __str__(self):
+                return self
+
+            def __eq__(self, other):
+                return True
+
+            def __hash__(self):
+                return hash("ok@example.com")
+
+        ok = EmailMessage("Hi", "Body", "from@example.com", ["ok@example.com"])
+        render_bytes(ok, email.policy.SMTP)
+        message_envelope(ok)
+        message = EmailMessage(
+            "Hi",
+            "Body",
+            "from@example.com",
+            [Sneaky("ok@example.com\r\nBcc: victim@example.net")],
+        )
+        # As Django: the line break is refused, whatever the type claims.
+        with pytest.raises(ValueError, match="victim"):
+            message.message()
+        with pytest.raises(ValueError, match="victim"):
+            render_bytes(message, email.policy.SMTP)
+        with pytest.raises(ValueError, match="victim"):
+            message_envelope(message)
 
     def test_same_address_reads_the_same_under_each_policy(self):
         message = EmailMessage(
