@@ -706,6 +706,10 @@ def _fast_attachment(
     if isinstance(attachment, email.message.Message):
         return attachment.as_bytes(policy=policy)
     filename, content, mimetype = attachment
+    if filename is not None and type(filename) is not str:
+        # A lazy translation string (or anything else): message() writes it
+        # as Django does, and raises where Django raises.
+        raise Unsupported("a filename that is not a plain str")
     content, mimetype = _message._decode_text(content, mimetype, filename)
     maintype, subtype = mimetype.split("/", 1)
     if maintype == "text":

@@ -29,6 +29,8 @@ from email.headerregistry import (
 from email.message import MIMEPart
 
 import pytest
+from django.utils import translation
+from django.utils.translation import gettext_lazy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -862,6 +864,24 @@ class TestFastRouteCaches:
             render_bytes(message, email.policy.SMTP)
         with pytest.raises(ValueError, match="victim"):
             message_envelope(message)
+
+    def test_a_lazy_filename_is_written_in_the_active_language(self):
+        # As message() (and Django) take it; each language gets its own
+        # text, whatever the entity head cache saw before. (Django writes a
+        # lazy filename only when its text is ASCII, as this one is in both.)
+        name = gettext_lazy("This field is required.")
+        message = EmailMessage("Hi", "Body", "from@example.com", ["to@example.com"])
+        message.attach(name, b"%PDF-1.4", "application/pdf")
+        seen = set()
+        for language in ("de", "en", "de"):
+            with translation.override(language):
+                expected = str(name)
+                fast = render_bytes(message, email.policy.SMTP)[0]
+                standard = message.message(policy=email.policy.SMTP).as_bytes()
+            seen.add(expected)
+            for data in (fast, standard):
+                assert parse(data).get_payload()[1].get_filename() == expected
+        assert len(seen) == 2  # the German catalog was really used
 
     def test_same_address_reads_the_same_under_each_policy(self):
         message = EmailMessage(
