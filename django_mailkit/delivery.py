@@ -323,6 +323,17 @@ def deliver_batch(
             if index + 1 < len(messages) and stopping():
                 recorder.flush()  # the release follows at the next message
         recorder.flush()
+    except Exception:
+        # Whatever stopped the batch (the database failing while a lease is
+        # renewed or a message admitted, a transport's odd error), the
+        # outcomes of the messages already sent are written first: left
+        # unwritten, their claims would expire, and lease recovery would
+        # send them again. (A flush that failed has nothing left to write.)
+        try:
+            recorder.flush()
+        except Exception:
+            logger.exception("Writing the outcomes of a failed batch failed too")
+        raise
     finally:
         for backend in connections.values():
             _close(backend)

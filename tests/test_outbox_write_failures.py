@@ -10,6 +10,7 @@ import pytest
 from django.core import mail
 from django.db import OperationalError, connection
 from django.test import override_settings
+from django.utils import timezone
 
 from django_mailkit import send_mail
 from django_mailkit.backends.base import BaseEmailBackend
@@ -147,3 +148,47 @@ def test_one_outcome_that_cannot_be_stored_leaves_no_other_claimed(outbox):
     }
     assert attempts_of(first.pk) == attempts_of(third.pk) == [(1, Attempt.Outcome.SENT)]
     assert attempts_of(second.pk) == []
+
+
+def test_an_error_between_two_sends_still_records_what_was_sent(outbox):
+    """
+    The database fails (once) while the worker renews the lease before the
+    group's second message: the first, sent, must still be recorded, not
+    left claimed for lease recovery to send again.
+    """
+    first, second, third = queue(3)
+    # Claimed with a lease already spent: each send renews it first.
+    claimed = OutboxMessage.objects.claim("w", limit=3, lease=timedelta(milliseconds=1))
+    renewals = []
+
+    def fail_second_renewal(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("UPDATE"):
+            renewals.append(sql)
+            if len(renewals) == 2:
+                raise OperationalError("server closed the connection")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail_second_renewal):
+        with pytest.raises(OperationalError):
+            deliver_batch(claimed, worker="w", lease=LEASE)
+    assert RaisingBackend.delivered == ["m0"]
+    rows = dict(OutboxMessage.objects.values_list("pk", "status"))
+    assert rows == {
+        first.pk: Status.SENT,
+        second.pk: Status.SENDING,
+        third.pk: Status.SENDING,
+    }
+    assert attempts_of(first.pk) == [(1, Attempt.Outcome.SENT)]
+    # The two not sent are recovered uncharged, and sent once.
+    OutboxMessage.objects.filter(pk__in=[second.pk, third.pk]).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert OutboxMessage.objects.recover_expired() == 2
+    again = OutboxMessage.objects.claim("w2", limit=3, lease=LEASE)
+    assert deliver_batch(again, worker="w2", lease=LEASE).sent == [
+        second.pk,
+        third.pk,
+    ]
+    assert RaisingBackend.delivered == ["m0", "m1", "m2"]
+    for record in (first, second, third):
+        assert attempts_of(record.pk) == [(1, Attempt.Outcome.SENT)]
