@@ -277,16 +277,17 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 changes, db, then_load=list(then_load)
             )
         else:
-            # All of the group or nothing of it, as the one statement is: a
-            # failure part way must leave no message written, or the writes
-            # one by one that follow (delivery's) record some twice.
+            # All of the group or nothing of it, the next group's read
+            # included, as the one statement is: a failure part way must
+            # leave no message written, or the writes one by one that follow
+            # (delivery's) record some twice.
             with transaction.atomic(using=db):
                 written = {
                     record.pk
                     for record, attempt, fields in changes
                     if record._record_attempt_orm(attempt, fields, db)
                 }
-            rows = self._load_orm(then_load, db) if then_load else {}
+                rows = self._load_orm(then_load, db) if then_load else {}
         for record, _attempt, fields in changes:
             if record.pk in written:
                 for name, value in fields.items():

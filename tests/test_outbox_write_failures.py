@@ -192,3 +192,30 @@ def test_an_error_between_two_sends_still_records_what_was_sent(outbox):
     assert RaisingBackend.delivered == ["m0", "m1", "m2"]
     for record in (first, second, third):
         assert attempts_of(record.pk) == [(1, Attempt.Outcome.SENT)]
+
+
+def test_a_group_write_whose_next_read_fails_records_each_message_once(outbox):
+    """
+    The group's outcomes are written with the read of the next group's
+    bytes; when that read fails (once), the outcomes must not stay written,
+    or the writes one by one that follow record them twice.
+    """
+    records = queue(4)
+    claimed = OutboxMessage.objects.claim("w", limit=4, lease=LEASE)
+    seen = {"write": False, "failed": False}
+
+    def read_fails_once(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH")):
+            seen["write"] = True
+        if seen["write"] and not seen["failed"] and "mime" in sql.lower():
+            seen["failed"] = True
+            raise OperationalError("canceling statement due to conflict")
+        return execute(sql, params, many, context)
+
+    with override_settings(MAILKIT={"USE_TASKS": False, "RECORD_GROUP_SIZE": 2}):
+        with connection.execute_wrapper(read_fails_once):
+            result = deliver_batch(claimed, worker="w", lease=LEASE)
+    assert seen["failed"]
+    assert result.sent == [record.pk for record in records]
+    for record in records:
+        assert attempts_of(record.pk) == [(1, Attempt.Outcome.SENT)]
