@@ -232,7 +232,12 @@ def envelope_address(value: Any, *, field: str = "address") -> EnvelopeAddress:
     try:
         if isinstance(value, Address):
             # Each part as given: Address() itself checks only for CR and LF.
-            return _path(value.display_name, value.username, value.domain)
+            # Exactly their text, whatever a str subclass's == and hash() do.
+            return _path(
+                str.__str__(value.display_name),
+                str.__str__(value.username),
+                str.__str__(value.domain),
+            )
         value = str(value)  # may be a lazy translation string
         # Exactly the text: a str subclass's own == and hash() (say, ignoring
         # case) must not match what _parse() remembered for another address.

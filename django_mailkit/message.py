@@ -236,9 +236,14 @@ def to_address(value: Any, *, field: str) -> Address:
     ``field`` names where the address came from, for error messages.
     """
     if isinstance(value, Address):
-        for part in (value.display_name, value.username, value.domain):
+        parts = (value.display_name, value.username, value.domain)
+        for part in parts:
             check_header(field, part)
             _check_nul(value, part, field)
+        if any(type(part) is not str for part in parts):
+            # Parts of a str subclass: the caches must see exactly their text.
+            plain = Address(*(str.__str__(part) for part in parts))
+            return _checked_spec(plain, value, field)
         return _checked_spec(value, value, field)
     text = str(value)  # may be a lazy translation string
     if type(text) is not str:

@@ -777,6 +777,19 @@ class TestStandardRouteShortcuts:
         assert copy["Content-Type"].content_type == "multipart/mixed"
 
 
+class CaseInsensitive(str):
+    """An address type that compares and hashes as its lower-cased text."""
+
+    def __str__(self):
+        return self
+
+    def __eq__(self, other):
+        return isinstance(other, str) and self.lower() == other.lower()
+
+    def __hash__(self):
+        return hash(self.lower())
+
+
 class TestFastRouteCaches:
     """What the fast route remembers between messages changes no result."""
 
@@ -816,16 +829,6 @@ class TestFastRouteCaches:
         # the lower-cased text) is a common pattern. What was remembered for
         # an equal-comparing address must not answer for it: each message
         # gets its own spelling, in the header and in the envelope.
-        class CaseInsensitive(str):
-            def __str__(self):
-                return self
-
-            def __eq__(self, other):
-                return isinstance(other, str) and self.lower() == other.lower()
-
-            def __hash__(self):
-                return hash(self.lower())
-
         for spelling in ("ANN SMITH <ANN@EXAMPLE.COM>", "Ann Smith <Ann@Example.com>"):
             message = EmailMessage(
                 "Hi", "Body", "from@example.com", [CaseInsensitive(spelling)]
@@ -836,6 +839,22 @@ class TestFastRouteCaches:
                 message.message().as_bytes(),
             ):
                 assert f"To: {spelling}".encode() in data
+
+    def test_address_parts_of_a_str_subclass_are_their_own_text(self):
+        for name, user, domain in (
+            ("ANN SMITH", "ANN", "EXAMPLE.COM"),
+            ("Ann Smith", "Ann", "Example.com"),
+        ):
+            address = Address(
+                CaseInsensitive(name), CaseInsensitive(user), CaseInsensitive(domain)
+            )
+            message = EmailMessage("Hi", "Body", "from@example.com", [address])
+            assert message_envelope(message).recipients == [f"{user}@{domain}"]
+            for data in (
+                render_bytes(message, email.policy.SMTP)[0],
+                message.message().as_bytes(),
+            ):
+                assert f"To: {name} <{user}@{domain}>".encode() in data
 
     def test_an_address_equal_to_everything_is_still_checked(self):
         class Sneaky(str):
