@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connections, models, router, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -95,6 +95,19 @@ CLAIMED_FIELDS = (
 )
 
 
+#: The fields recovery reads of a message it takes back one at a time.
+_RECOVERED_FIELDS = (
+    "pk",
+    "claim_token",
+    "recoveries",
+    "sent_at",
+    "attempts",
+    "requeued_attempts",
+    "claimed_by",
+    "updated_at",
+)
+
+
 class RecipientStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     DEFERRED = "deferred", _("Deferred (temporary failure)")
@@ -145,6 +158,13 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         spent (one that keeps killing its worker) is not queued again: it
         fails, with its pending recipients (``_fail_recovered()``).
 
+        A message charged before its send whose outcome nobody wrote (its
+        ``attempts`` has no Attempt row of that number) gets that row, in
+        the same transaction and only if its own recovery write changed it:
+        outcome INTERRUPTED, the dead claimant as its worker
+        (``Attempt.interrupted()``). A group's messages, charged with their
+        outcomes, get none.
+
         The claim token moves on, so the old worker, if it was only paused,
         can no longer write.
         """
@@ -153,23 +173,44 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         expired = self.using(db).expired_leases(now)
         if not expired.exists():
             return 0  # the usual case: one query (a worker runs this per batch)
-        spent = Q(attempts__gte=F("requeued_attempts") + conf.max_attempts())
+        max_attempts = conf.max_attempts()
+        spent = Q(attempts__gte=F("requeued_attempts") + max_attempts)
+        # The attempt in flight was charged (begin_attempt()) and has no row.
+        numbered = Attempt.objects.filter(
+            message=OuterRef("pk"), number=OuterRef("attempts")
+        )
+        unrecorded = Q(attempts__gt=0) & ~Exists(numbered)
+        recorded = Q(attempts=0) | Exists(numbered)
         with transaction.atomic(using=db):
             # Rare: one fenced write per message. Rows another recovery
             # holds are left to it.
-            failed = sum(
-                message._fail_recovered(db, now)
-                for message in expired.filter(spent)
+            failed = requeued = 0
+            for message in (
+                expired.filter(unrecorded)
                 .select_for_update(skip_locked=True)
-                .only("pk", "claim_token", "recoveries", "sent_at")
+                .only(*_RECOVERED_FIELDS)
+            ):
+                if message.attempts >= message.requeued_attempts + max_attempts:
+                    failed += message._fail_recovered(db, now)
+                else:
+                    requeued += message._requeue_recovered(db, now)
+            failed += sum(
+                message._fail_recovered(db, now)
+                for message in expired.filter(spent, recorded)
+                .select_for_update(skip_locked=True)
+                .only(*_RECOVERED_FIELDS)
             )
-            requeued = expired.exclude(spent).update(
-                status=Status.QUEUED,
-                claimed_by="",
-                lease_expires_at=None,
-                claim_token=F("claim_token") + 1,
-                recoveries=F("recoveries") + 1,
-                updated_at=timezone.now(),
+            requeued += (
+                expired.exclude(spent)
+                .filter(recorded)
+                .update(
+                    status=Status.QUEUED,
+                    claimed_by="",
+                    lease_expires_at=None,
+                    claim_token=F("claim_token") + 1,
+                    recoveries=F("recoveries") + 1,
+                    updated_at=timezone.now(),
+                )
             )
         return failed + requeued
 
@@ -661,6 +702,7 @@ class OutboxMessage(models.Model):
         )
         if not changed:
             return False
+        self._record_interrupted(db, now)
         pending = recipients.filter(
             status__in=(RecipientStatus.PENDING, RecipientStatus.DEFERRED)
         )
@@ -668,6 +710,45 @@ class OutboxMessage(models.Model):
         pending.filter(smtp_reply="").update(smtp_reply=error)
         pending.update(status=RecipientStatus.FAILED, updated_at=now)
         return True
+
+    def _requeue_recovered(self, db: str, now: datetime) -> bool:
+        """
+        Queue again a message taken back from a dead worker, one at a time
+        (``recover_expired()`` requeues the others in one UPDATE), and
+        record its interrupted attempt, if it has one. Conditional like
+        ``_fail_recovered()``: False, with nothing written, otherwise.
+        """
+        changed = (
+            self._fenced(db)
+            .filter(status=Status.SENDING, lease_expires_at__lt=now)
+            .update(
+                status=Status.QUEUED,
+                claimed_by="",
+                lease_expires_at=None,
+                claim_token=F("claim_token") + 1,
+                recoveries=F("recoveries") + 1,
+                updated_at=timezone.now(),
+            )
+        )
+        if not changed:
+            return False
+        self._record_interrupted(db, now)
+        return True
+
+    def _record_interrupted(self, db: str, now: datetime) -> None:
+        """
+        Write the Attempt row of the attempt in flight when the worker
+        stopped, if it was charged (``begin_attempt()``) and has none.
+
+        Called by recovery in its transaction, right after its fenced write
+        changed the row: ``self`` holds the values read before it.
+        """
+        if self.attempts == 0:
+            return
+        attempts = Attempt.objects.using(db).filter(message_id=self.pk)
+        if attempts.filter(number=self.attempts).exists():
+            return  # a group's message: its attempt was not charged
+        attempts.create(message_id=self.pk, **Attempt.interrupted(self, now))
 
     def _record_attempt_orm(
         self, attempt: AttemptRecord, fields: dict[str, Any], db: str
@@ -975,6 +1056,10 @@ class Attempt(models.Model):
         FAILED = "failed", _("Failed")
         #: Every recipient left was suppressed: no connection was opened.
         SUPPRESSED = "suppressed", _("Suppressed")
+        #: Its worker stopped (died, or stalled past its lease) while the
+        #: attempt was in progress; written by the recovery that took the
+        #: message back (``OutboxMessageQuerySet.recover_expired()``).
+        INTERRUPTED = "interrupted", _("Interrupted")
 
     message = models.ForeignKey(
         OutboxMessage,
@@ -1000,6 +1085,32 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.number}: {self.get_outcome_display()}"
+
+    @staticmethod
+    def interrupted(message: OutboxMessage, now: datetime) -> dict[str, Any]:
+        """
+        The fields of the row of ``message``'s attempt in flight when its
+        worker stopped, as recovery read the message (before its write).
+
+        ``started_at`` is when that worker last wrote to the message: the
+        attempt's start (``begin_attempt()``), or a later renewal of its
+        lease while it was sending; the attempt started no later than that.
+        ``finished_at`` is the recovery's time.
+        """
+        return {
+            "number": message.attempts,
+            "started_at": message.updated_at,
+            "finished_at": now,
+            "worker": message.claimed_by,
+            "outcome": Attempt.Outcome.INTERRUPTED,
+            "error": (
+                "Interrupted: its worker stopped (died, or stalled past its "
+                "lease) while this attempt was in progress; the server may or "
+                "may not have received the message. Started: when the worker "
+                "last wrote to the message (the attempt's start, or a later "
+                "renewal of its lease)."
+            ),
+        }
 
 
 class SuppressionReason(models.TextChoices):

@@ -885,6 +885,21 @@ class TestMessagePage:
         assert 'mailkit-rcpt-failed">Failed</span>' in page
         assert 'mailkit-outcome-partial">Partially sent</span>' in page
 
+    def test_an_interrupted_attempt_says_so(self, superuser_client, smtp_server):
+        with outbox_mailers(mailer_config(smtp_server)):
+            record = queue(to=["ann@example.com"])
+        (claimed,) = OutboxMessage.objects.claim(
+            "host:1:dead", limit=1, lease=timedelta(seconds=1)
+        )
+        assert claimed.begin_attempt(timedelta(seconds=1)) is True
+        later = timezone.now() + timedelta(seconds=2)
+        assert OutboxMessage.objects.recover_expired(later) == 1
+        page = superuser_client.get(admin_url("change", record.pk)).content.decode()
+        outcomes = re.findall(r'mailkit-outcome-(\w+)">([^<]+)</span>', page)
+        assert outcomes == [("interrupted", "Interrupted")]
+        assert "host:1:dead" in page
+        assert "the server may or may not have received the message" in page
+
     def test_a_retry_that_delivered_nothing_is_not_partially_sent(
         self, superuser_client, smtp_server
     ):

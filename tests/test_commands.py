@@ -214,6 +214,19 @@ def test_show_says_a_message_was_recovered_from_a_dead_worker():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_show_lists_an_interrupted_attempt():
+    message = make_message()
+    (claimed,) = OutboxMessage.objects.claim("w", limit=1, lease=timedelta(seconds=1))
+    assert claimed.begin_attempt(timedelta(seconds=1)) is True
+    later = timezone.now() + timedelta(seconds=2)
+    assert OutboxMessage.objects.recover_expired(later) == 1
+    out = io.StringIO()
+    call_command("mailkit_outbox", "show", str(message.pk), stdout=out)
+    (line,) = [x for x in out.getvalue().splitlines() if x.startswith("    #1 ")]
+    assert " interrupted (Interrupted: its worker stopped (died, or stalled " in line
+
+
+@pytest.mark.django_db(transaction=True)
 class TestTerminalOutput:
     def test_printable(self):
         assert printable("plain ünïcødé 📨") == "plain ünïcødé 📨"

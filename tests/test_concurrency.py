@@ -245,10 +245,64 @@ def test_sigkilled_worker_loses_nothing(outbox_to):
         pk: (n, recorded[pk]) for pk, n in charged.items() if n != recorded[pk]
     } == {}
     assert not Attempt.objects.exclude(number=1).exists()
+    assert not Attempt.objects.filter(outcome=Attempt.Outcome.INTERRUPTED).exists()
     assert OutboxMessage.objects.filter(pk__in=stranded, recoveries=1).count() == len(
         stranded
     )
     assert sum("recovered" in out and "0 recovered" not in out for out in outputs) >= 1
+
+
+def test_sigkilled_while_sending_alone_the_attempt_is_recorded(outbox_to):
+    """
+    Killed while a message sent alone (charged before its send) waits for
+    the server's reply to DATA: the rescuer's recovery records that
+    attempt, INTERRUPTED, by the victim; the others, claimed but untried,
+    get no row. Every message ends with as many rows as attempts.
+    """
+    expected = queue(3)
+    # Taken back from a dead worker once before: each now goes alone.
+    OutboxMessage.objects.update(recoveries=1)
+    outbox_to.stall("DATA")
+    victim = start_worker(outbox_to, "--batch-size", "3", lease=3)
+    try:
+        wait_until(
+            lambda: any(
+                line.strip().upper() == b"DATA" for line in outbox_to.commands()
+            ),
+            30,
+            "the victim to send DATA",
+        )
+        (in_flight,) = OutboxMessage.objects.filter(attempts=1).values_list(
+            "pk", flat=True
+        )
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    outbox_to.stall("DATA", 0)
+    rescuer = start_worker(outbox_to, "--batch-size", "3", lease=3)
+    try:
+        wait_until(
+            lambda: not OutboxMessage.objects.exclude(status=Status.SENT).exists(),
+            60,
+            "every message to be sent",
+        )
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        outputs = finish([rescuer])
+    assert rescuer.returncode == 0, outputs[0]
+    assert set(delivered_ids(outbox_to)) == expected
+    (row,) = Attempt.objects.filter(outcome=Attempt.Outcome.INTERRUPTED)
+    assert (row.message_id, row.number) == (in_flight, 1)
+    assert f":{victim.pid}:" in row.worker
+    assert row.started_at <= row.finished_at
+    outcomes = list(
+        Attempt.objects.filter(message_id=in_flight).values_list("number", "outcome")
+    )
+    assert outcomes == [(1, Attempt.Outcome.INTERRUPTED), (2, Attempt.Outcome.SENT)]
+    charged = dict(OutboxMessage.objects.values_list("pk", "attempts"))
+    recorded = Counter(Attempt.objects.values_list("message_id", flat=True))
+    assert charged == {pk: (2 if pk == in_flight else 1) for pk in charged}
+    assert charged == dict(recorded)
 
 
 def test_sigterm_finishes_the_message_in_flight(outbox_to):

@@ -346,12 +346,96 @@ class TestCrashAccounting:
         (recipient,) = killer.recipient_set.all()
         assert recipient.status == RecipientStatus.FAILED
         assert recipient.smtp_reply == killer.last_error
-        assert numbers(killer.pk) == []  # never got as far as a record
+        # Its two charged attempts, each cut short: recorded by recovery.
+        assert list(killer.attempt_set.values_list("number", "outcome", "worker")) == [
+            (n, Attempt.Outcome.INTERRUPTED, "w") for n in (1, 2)
+        ]
         for pk in (first.pk, last.pk):
             message = OutboxMessage.objects.get(pk=pk)
             assert (message.status, message.attempts) == (Status.SENT, 1)
             assert numbers(pk) == [1]
         assert [m.subject for m in HookBackend.delivered].count("m0") == 2
+
+    def test_an_attempt_begun_alone_and_cut_short_is_recorded(self, outbox):
+        """
+        The worker died sending a message alone (charged by begin_attempt()):
+        recovery writes that attempt's row, and none for the untried ones.
+        """
+        queue(3)
+        claimed = OutboxMessage.objects.claim("crashed", limit=3, lease=LEASE)
+        assert claimed[0].begin_attempt(LEASE) is True
+        begun = OutboxMessage.objects.get(pk=claimed[0].pk).updated_at
+        before = timezone.now()
+        assert expire_and_recover() == 3
+        (row,) = Attempt.objects.all()
+        assert (row.message_id, row.number, row.outcome, row.worker) == (
+            claimed[0].pk,
+            1,
+            Attempt.Outcome.INTERRUPTED,
+            "crashed",
+        )
+        assert row.started_at == begun
+        assert before <= row.finished_at <= timezone.now()
+        assert "may or may not have received" in row.error
+        assert (row.smtp_code, row.smtp_reply, row.recipients) == (None, "", {})
+        # Another recovery pass finds nothing: no second row.
+        assert OutboxMessage.objects.recover_expired() == 0
+        assert Attempt.objects.count() == 1
+        # Sent afterwards: every message has as many rows as attempts.
+        assert Worker(once=True, interval=0).run().sent == 3
+        for message in OutboxMessage.objects.all():
+            assert message.attempt_set.count() == message.attempts
+        assert numbers(claimed[0].pk) == [1, 2]
+        assert Attempt.objects.get(message_id=claimed[0].pk, number=2).outcome == (
+            Attempt.Outcome.SENT
+        )
+
+    def test_recovering_nothing_writes_nothing(self, outbox, django_assert_num_queries):
+        queue(2)
+        claimed = OutboxMessage.objects.claim("alive", limit=2, lease=LEASE)
+        assert claimed[0].begin_attempt(LEASE) is True
+        with django_assert_num_queries(1):
+            assert OutboxMessage.objects.recover_expired() == 0
+        assert not Attempt.objects.exists()
+        assert OutboxMessage.objects.get(pk=claimed[0].pk).attempts == 1
+
+    def test_a_paused_worker_back_adds_or_removes_nothing(self, outbox):
+        """
+        Back after recovery, its record matches nothing: the INTERRUPTED row
+        stays the only one. Back before recovery (its lease renewed), there
+        is nothing to recover and no row is written.
+        """
+        first, second = queue(2)
+        (mine,) = OutboxMessage.objects.claim("paused", limit=1, lease=LEASE)
+        assert mine.begin_attempt(LEASE) is True
+        assert expire_and_recover() == 1
+        before = snapshot(mine.pk)
+        now = timezone.now()
+        sent = AttemptRecord(
+            outcome=Attempt.Outcome.SENT,
+            worker="paused",
+            started_at=now,
+            finished_at=now,
+            replies={"u0@example.com": (250, "ok")},
+            recipients={"u0@example.com": (RecipientStatus.SENT, 250, "ok")},
+        )
+        assert mine.record_attempt(sent) is False
+        assert mine.release(begun=True) is False
+        assert snapshot(mine.pk) == before
+        assert [a["outcome"] for a in before[2]] == [Attempt.Outcome.INTERRUPTED]
+
+        (other,) = OutboxMessage.objects.claim(
+            "slow", limit=1, lease=LEASE, ids=[second.pk]
+        )
+        assert other.begin_attempt(LEASE) is True
+        OutboxMessage.objects.filter(pk=second.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert other.renew_lease(LEASE) is True  # back in time
+        assert OutboxMessage.objects.recover_expired() == 0
+        assert numbers(second.pk) == []
+        assert other.record_attempt(sent) is True
+        assert numbers(second.pk) == [1]
 
     def test_beginning_a_group_writes_nothing_and_is_fenced(self, outbox):
         first, second, third = queue(3)
