@@ -259,6 +259,8 @@ def test_sigkilled_while_sending_alone_the_attempt_is_recorded(outbox_to):
     attempt, INTERRUPTED, by the victim; the others, claimed but untried,
     get no row. Every message ends with as many rows as attempts.
     """
+    if outbox_to.pipelining or django.VERSION[:2] != (6, 1):
+        pytest.skip("runs once: serial server, newest Django")
     expected = queue(3)
     # Taken back from a dead worker once before: each now goes alone.
     OutboxMessage.objects.update(recoveries=1)
