@@ -186,12 +186,16 @@ def _delivery_task() -> Any:
 
 def _schedule_retry(outbox_id: int) -> None:
     """Enqueue the next attempt at its due time, if the task backend can."""
+    from django.db import router
+
     from .models import OutboxMessage
 
     if task is None or not _backend_supports_defer():
         return  # mailkit_worker picks it up when it is due.
+    # The primary, never a replica that may not have the retry's due time yet.
     due = (
-        OutboxMessage.objects.filter(pk=outbox_id)
+        OutboxMessage.objects.using(router.db_for_write(OutboxMessage))
+        .filter(pk=outbox_id)
         .values_list("next_attempt_at", flat=True)
         .first()
     )

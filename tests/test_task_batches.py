@@ -236,3 +236,28 @@ def test_the_batch_size_is_a_whole_number():
 
 def _message_id(message):
     return message_from_bytes(message.message().as_bytes())["Message-ID"]
+
+
+class ReadsFromAReplica:
+    """A router that sends every read to a replica (here, one that's absent)."""
+
+    def db_for_read(self, model, **hints):
+        return "replica"
+
+
+def test_a_retry_is_scheduled_from_the_primary_not_a_replica(dummy):
+    with settings():
+        backend = tasks.task_backends["default"]
+        with override_settings(MAILKIT={"USE_TASKS": False}):
+            send_each(1)
+        record = OutboxMessage.objects.get()
+        OutboxMessage.objects.filter(pk=record.pk).update(
+            next_attempt_at=record.created_at + timedelta(minutes=5)
+        )
+        before = len(backend.results)
+        # A replica may not have the retry's due time yet: the primary has.
+        with override_settings(DATABASE_ROUTERS=[f"{__name__}.ReadsFromAReplica"]):
+            tasks._schedule_retry(record.pk)
+        (scheduled,) = backend.results[before:]
+    assert scheduled.args == [record.pk]
+    assert scheduled.task.run_after == record.created_at + timedelta(minutes=5)
