@@ -900,6 +900,26 @@ class TestMessagePage:
         assert "host:1:dead" in page
         assert "the server may or may not have received the message" in page
 
+    def test_a_message_failed_because_its_worker_kept_stopping_says_so(
+        self, superuser_client, smtp_server
+    ):
+        with outbox_mailers(mailer_config(smtp_server)):
+            record = queue(to=["ann@example.com"])
+        with override_settings(MAILKIT={"MAX_ATTEMPTS": 1}):
+            (claimed,) = OutboxMessage.objects.claim(
+                "host:1:dead", limit=1, lease=timedelta(seconds=1)
+            )
+            assert claimed.begin_attempt(timedelta(seconds=1)) is True
+            later = timezone.now() + timedelta(seconds=2)
+            assert OutboxMessage.objects.recover_expired(later) == 1
+            record.refresh_from_db()
+            assert record.status == Status.FAILED
+            page = superuser_client.get(admin_url("change", record.pk))
+        text = page.content.decode()
+        assert "Worker stopped: 1 recipient was not sent to." in text
+        assert "with 1 attempts spent" in text
+        assert "failed only temporarily" not in text
+
     def test_a_retry_that_delivered_nothing_is_not_partially_sent(
         self, superuser_client, smtp_server
     ):

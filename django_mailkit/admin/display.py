@@ -545,8 +545,9 @@ def failure_summary(
 ) -> list[str]:
     """
     Say why a failed, partially sent or suppressed message was not sent to
-    everyone: suppressed recipients, a permanent refusal (a 5xx reply), or
-    temporary failures until the retries ran out.
+    everyone: suppressed recipients, a permanent refusal (a 5xx reply),
+    temporary failures until the retries ran out, or a worker that stopped
+    while sending it, its last attempt.
     """
     failed = [r for r in recipients if r.status == "failed"]
     suppressed = [r for r in recipients if r.status == "suppressed"]
@@ -556,6 +557,11 @@ def failure_summary(
     temporary = [r for r in failed if r.smtp_code and 400 <= r.smtp_code < 500]
     unknown = [r for r in failed if not r.smtp_code]
     budget_spent = obj.attempts - obj.requeued_attempts >= max_attempts
+    # Failed at recovery: the last attempt ended with its worker, not a reply.
+    newest = max(attempts, key=lambda a: a.number, default=None)
+    stopped = []
+    if newest is not None and newest.outcome == "interrupted" and budget_spent:
+        stopped, unknown = unknown, []
     if unknown and budget_spent:
         temporary += unknown
     else:
@@ -595,6 +601,24 @@ def failure_summary(
             )
             % {
                 "count": len(temporary),
+                "attempts": obj.attempts - obj.requeued_attempts,
+            }
+        )
+    if stopped:
+        lines.append(
+            ngettext(
+                "Worker stopped: %(count)d recipient was not sent to. The worker "
+                "sending the message stopped (died, or stalled past its lease) "
+                "during its last attempt, with %(attempts)d attempts spent; the "
+                "message itself may be what stops it.",
+                "Worker stopped: %(count)d recipients were not sent to. The worker "
+                "sending the message stopped (died, or stalled past its lease) "
+                "during its last attempt, with %(attempts)d attempts spent; the "
+                "message itself may be what stops it.",
+                len(stopped),
+            )
+            % {
+                "count": len(stopped),
                 "attempts": obj.attempts - obj.requeued_attempts,
             }
         )
