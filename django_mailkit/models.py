@@ -95,6 +95,23 @@ CLAIMED_FIELDS = (
 )
 
 
+def _recovery_fields(now: datetime, **fields: Any) -> dict[str, Any]:
+    """
+    What recovery writes to a message it takes back from a dead worker:
+    the claim ends (the token moves on, fencing the old worker off), the
+    recovery is counted, plus ``fields`` (back to the queue, or finished).
+    """
+    return {
+        **fields,
+        "claimed_by": "",
+        "claim_token": F("claim_token") + 1,
+        "recoveries": F("recoveries") + 1,
+        "updated_at": now,
+    }
+
+
+_REQUEUED = {"status": Status.QUEUED, "lease_expires_at": None}
+
 #: The fields recovery reads of a message it takes back one at a time.
 _RECOVERED_FIELDS = (
     "pk",
@@ -203,14 +220,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             requeued += (
                 expired.exclude(spent)
                 .filter(recorded)
-                .update(
-                    status=Status.QUEUED,
-                    claimed_by="",
-                    lease_expires_at=None,
-                    claim_token=F("claim_token") + 1,
-                    recoveries=F("recoveries") + 1,
-                    updated_at=timezone.now(),
-                )
+                .update(**_recovery_fields(timezone.now(), **_REQUEUED))
             )
         return failed + requeued
 
@@ -692,13 +702,7 @@ class OutboxMessage(models.Model):
         changed = (
             self._fenced(db)
             .filter(status=Status.SENDING, lease_expires_at__lt=now)
-            .update(
-                **fields,
-                claimed_by="",
-                claim_token=F("claim_token") + 1,
-                recoveries=F("recoveries") + 1,
-                updated_at=now,
-            )
+            .update(**_recovery_fields(now, **fields))
         )
         if not changed:
             return False
@@ -721,14 +725,7 @@ class OutboxMessage(models.Model):
         changed = (
             self._fenced(db)
             .filter(status=Status.SENDING, lease_expires_at__lt=now)
-            .update(
-                status=Status.QUEUED,
-                claimed_by="",
-                lease_expires_at=None,
-                claim_token=F("claim_token") + 1,
-                recoveries=F("recoveries") + 1,
-                updated_at=timezone.now(),
-            )
+            .update(**_recovery_fields(timezone.now(), **_REQUEUED))
         )
         if not changed:
             return False
