@@ -186,8 +186,12 @@ class Job:
         The DATA content, dot-stuffed and ending with CRLF and the final dot,
         in pieces: a large message is never copied to add its last line.
         """
-        # The same object when no line starts with a dot (the usual case).
-        data = _LEADING_DOT.sub(b"..", self.data)
+        data = self.data
+        # Only a line that starts with a dot is stuffed; looking for one
+        # first is a fast substring search, where the regex would try a
+        # match at every byte (a tenth of a worker's CPU per message).
+        if data.startswith(b".") or b"\n." in data:
+            data = _LEADING_DOT.sub(b"..", data)
         return [data, b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"]
 
     def stop(self, error: BaseException) -> None:
