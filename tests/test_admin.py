@@ -917,7 +917,7 @@ class TestMessagePage:
             page = superuser_client.get(admin_url("change", record.pk))
         text = page.content.decode()
         assert "Worker stopped: 1 recipient was not sent to." in text
-        assert "with 1 attempts spent" in text
+        assert "with 1 attempt spent;" in text
         assert "failed only temporarily" not in text
 
     def test_a_retry_that_delivered_nothing_is_not_partially_sent(
@@ -968,7 +968,7 @@ class TestMessagePage:
         page = superuser_client.get(admin_url("change", record.pk)).content.decode()
         assert (
             "Retries ran out: 1 recipient failed only temporarily (4xx replies "
-            "or connection errors), 1 attempts in a row." in page
+            "or connection errors), 1 attempt in a row." in page
         )
         assert "Permanent failure" not in page
 

@@ -567,6 +567,10 @@ def failure_summary(
     else:
         permanent += unknown
     lines = []
+    count = obj.attempts - obj.requeued_attempts
+    spent = ngettext("%(count)d attempt", "%(count)d attempts", count) % {
+        "count": count
+    }
     if suppressed:
         lines.append(
             ngettext(
@@ -594,14 +598,14 @@ def failure_summary(
         lines.append(
             ngettext(
                 "Retries ran out: %(count)d recipient failed only temporarily "
-                "(4xx replies or connection errors), %(attempts)d attempts in a row.",
+                "(4xx replies or connection errors), %(attempts)s in a row.",
                 "Retries ran out: %(count)d recipients failed only temporarily "
-                "(4xx replies or connection errors), %(attempts)d attempts in a row.",
+                "(4xx replies or connection errors), %(attempts)s in a row.",
                 len(temporary),
             )
             % {
                 "count": len(temporary),
-                "attempts": obj.attempts - obj.requeued_attempts,
+                "attempts": spent,
             }
         )
     if stopped:
@@ -609,17 +613,17 @@ def failure_summary(
             ngettext(
                 "Worker stopped: %(count)d recipient was not sent to. The worker "
                 "sending the message stopped (died, or stalled past its lease) "
-                "during its last attempt, with %(attempts)d attempts spent; the "
+                "during its last attempt, with %(attempts)s spent; the "
                 "message itself may be what stops it.",
                 "Worker stopped: %(count)d recipients were not sent to. The worker "
                 "sending the message stopped (died, or stalled past its lease) "
-                "during its last attempt, with %(attempts)d attempts spent; the "
+                "during its last attempt, with %(attempts)s spent; the "
                 "message itself may be what stops it.",
                 len(stopped),
             )
             % {
                 "count": len(stopped),
-                "attempts": obj.attempts - obj.requeued_attempts,
+                "attempts": spent,
             }
         )
     return lines
