@@ -352,13 +352,19 @@ def claim_returning(
     ``CLAIM_ORDER`` (PostgreSQL): one statement instead of an UPDATE and a
     read-back.
     """
-    from .models import CLAIMED_FIELDS, OutboxMessage, Status
+    from .models import CLAIM_ORDER, CLAIMED_FIELDS, OutboxMessage, Status
 
     connection = connections[db]
     quote = connection.ops.quote_name
     meta = OutboxMessage._meta
     # from_db() takes the values in the model's field order.
     fields = [f for f in meta.concrete_fields if f.name in CLAIMED_FIELDS]
+    # What the claim order needs that the claim doesn't load.
+    extra = [
+        name.lstrip("-")
+        for name in CLAIM_ORDER
+        if name.lstrip("-") not in CLAIMED_FIELDS
+    ]
 
     def col(name: str) -> str:
         return quote(column(meta, name))
@@ -370,8 +376,10 @@ def claim_returning(
             f"{col('claim_token')} = {col('claim_token')} + 1, "
             f"{col('updated_at')} = %s "
             f"WHERE {col('id')} = ANY(%s::bigint[]) AND {col('status')} = %s "
-            f"RETURNING {', '.join(quote(column(meta, f.name)) for f in fields)}, "
-            f"{col('next_attempt_at')}",
+            "RETURNING "
+            + ", ".join(
+                [quote(column(meta, f.name)) for f in fields] + [col(n) for n in extra]
+            ),
             [
                 str(Status.SENDING),
                 worker,
@@ -385,10 +393,23 @@ def claim_returning(
         )
         rows = cursor.fetchall()
     names = [f.attname for f in fields]
-    claimed = [(OutboxMessage.from_db(db, names, row[:-1]), row[-1]) for row in rows]
-    # CLAIM_ORDER: the most urgent first, then the longest due, then by id.
-    claimed.sort(key=lambda pair: (-pair[0].priority, pair[1], pair[0].pk))
-    return [message for message, _due in claimed]
+    claimed = [
+        (
+            OutboxMessage.from_db(db, names, row[: len(fields)]),
+            dict(zip(extra, row[len(fields) :], strict=True)),
+        )
+        for row in rows
+    ]
+
+    def value(pair: tuple[OutboxMessage, dict[str, Any]], name: str) -> Any:
+        message, more = pair
+        return more[name] if name in more else getattr(message, name)
+
+    # In CLAIM_ORDER: a stable sort per key, the last key first.
+    for name in reversed(CLAIM_ORDER):
+        key = name.lstrip("-")
+        claimed.sort(key=lambda pair: value(pair, key), reverse=name.startswith("-"))
+    return [message for message, _more in claimed]
 
 
 def many_values(values: list[Any], db: str, *, integers: bool = False) -> Any:
