@@ -228,3 +228,65 @@ def test_a_batch_reads_its_recipients_and_suppressions_whatever_the_text(outbox)
     assert sorted(skipped.values_list("message_id", flat=True)) == sorted(
         result.suppressed
     )
+
+
+# On PostgreSQL, migrate installs the group statement as a function (its
+# plan is then kept for the session); a database without this version's
+# function gets the statement as it is.
+
+
+def test_migrate_installs_the_record_function_and_workers_call_it(outbox):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_mailkit._sql import record_function
+
+    name, _definition = record_function("default")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regproc(%s) IS NOT NULL", [name])
+        assert cursor.fetchone() == (True,)
+    first, second = claimed_group(2)
+    with CaptureQueriesContext(connection) as queries:
+        written, loaded = OutboxMessage.objects.record_attempts(
+            [(first, attempt_for(first, "u0@example.com", "250 ok"))],
+            then_load=[second],
+        )
+    assert (written, loaded) == ({first.pk}, {second.pk})
+    calls = [q["sql"] for q in queries if q["sql"].startswith(f"SELECT * FROM {name}(")]
+    assert len(calls) == 1
+    assert not [q for q in queries if "WITH msg" in q["sql"]]
+    assert OutboxMessage.objects.get(pk=first.pk).status == Status.SENT
+    assert second.mime == OutboxMessage.objects.get(pk=second.pk).mime
+
+
+def test_without_the_function_the_statement_goes_as_it_is(outbox):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from django_mailkit import _sql
+
+    name, _definition = _sql.record_function("default")
+    first, second, third = claimed_group(3)
+    OutboxMessage.objects.filter(pk=second.pk).update(claim_token=F("claim_token") + 1)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {name}")
+    _sql._available.clear()
+    try:
+        with CaptureQueriesContext(connection) as queries:
+            written, loaded = OutboxMessage.objects.record_attempts(
+                [
+                    (record, attempt_for(record, f"u{i}@example.com", "250 ok"))
+                    for i, record in enumerate((first, second))
+                ],
+                then_load=[third],
+            )
+    finally:
+        _sql.install_record_function("default")
+    assert (written, loaded) == ({first.pk}, {third.pk})
+    assert not [q for q in queries if q["sql"].startswith(f"SELECT * FROM {name}")]
+    assert [q for q in queries if q["sql"].startswith("WITH msg")]
+    assert OutboxMessage.objects.get(pk=first.pk).status == Status.SENT
+    assert OutboxMessage.objects.get(pk=second.pk).status == Status.SENDING
+    # Installed again, it is found on the next connection.
+    connection.close()
+    assert _sql._record_function("default") == name
