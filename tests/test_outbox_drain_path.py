@@ -235,7 +235,15 @@ def test_a_batch_reads_its_recipients_and_suppressions_whatever_the_text(outbox)
 # function gets the statement as it is.
 
 
-def test_migrate_installs_the_record_function_and_workers_call_it(outbox):
+@pytest.fixture
+def postgresql():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL function (MAILKIT_DB=postgresql)")
+
+
+def test_migrate_installs_the_record_function_and_workers_call_it(outbox, postgresql):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -259,7 +267,7 @@ def test_migrate_installs_the_record_function_and_workers_call_it(outbox):
     assert second.mime == OutboxMessage.objects.get(pk=second.pk).mime
 
 
-def test_without_the_function_the_statement_goes_as_it_is(outbox):
+def test_without_the_function_the_statement_goes_as_it_is(outbox, postgresql):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
