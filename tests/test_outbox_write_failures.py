@@ -91,6 +91,17 @@ def test_an_error_text_with_a_lone_surrogate_is_stored_cleaned(outbox):
         assert len(attempts_of(record.pk)) == 1
 
 
+def writes_outcomes(sql, params):
+    """
+    Whether a statement writes outcomes: an UPDATE or INSERT, the group's
+    statement, or (on PostgreSQL, once migrate has installed it) the call
+    of its function with outcomes (its first value is the messages' list).
+    """
+    if sql.startswith("SELECT * FROM mailkit_record_"):
+        return params[0] != "[]"
+    return sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH"))
+
+
 def test_a_group_write_that_fails_part_way_records_each_message_once(outbox):
     """
     The group's write fails at its second message (the database was busy):
@@ -102,7 +113,7 @@ def test_a_group_write_that_fails_part_way_records_each_message_once(outbox):
     writes = []
 
     def busy_once(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH")):
+        if writes_outcomes(sql, params):
             writes.append(sql)
             # The group's write of the second message (on PostgreSQL, the
             # group's single statement) fails, once.
@@ -112,6 +123,8 @@ def test_a_group_write_that_fails_part_way_records_each_message_once(outbox):
 
     with connection.execute_wrapper(busy_once):
         result = deliver_batch(claimed, worker="w", lease=LEASE)
+    # It failed once, and the writes went on.
+    assert len(writes) > (1 if connection.vendor == "postgresql" else 4)
     assert result.sent == [first.pk, second.pk, third.pk]
     assert RaisingBackend.delivered == ["m0", "m1", "m2"]
     for record in (first, second, third):
@@ -205,9 +218,10 @@ def test_a_group_write_whose_next_read_fails_records_each_message_once(outbox):
     seen = {"write": False, "failed": False}
 
     def read_fails_once(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH")):
+        record = "mailkit_record_" in sql and params[0] != "[]"
+        if writes_outcomes(sql, params):
             seen["write"] = True
-        if seen["write"] and not seen["failed"] and "mime" in sql.lower():
+        if seen["write"] and not seen["failed"] and ("mime" in sql.lower() or record):
             seen["failed"] = True
             raise OperationalError("canceling statement due to conflict")
         return execute(sql, params, many, context)
