@@ -231,27 +231,30 @@ def _record_params(
     for each column of ``names`` it sets, that it sets it), the recipients'
     new states, and the Attempt rows.
     """
-    unknown = {name for _r, _a, fields in changes for name in fields} - set(names)
-    if unknown:
-        raise ValueError(f"Not columns of the record statement: {sorted(unknown)}")
     from .models import OutboxMessage
 
-    model_fields = []
-    for name in names:
+    #: {name: (its number in the statement, the field)}
+    columns: dict[str, tuple[int, Field[Any, Any]]] = {}
+    for i, name in enumerate(names):
         model_field = OutboxMessage._meta.get_field(name)
         assert isinstance(model_field, Field)
-        model_fields.append((name, model_field))
+        columns[name] = (i, model_field)
     messages = []
     recipients = []
     attempts = []
     for record, attempt, fields in changes:
         row: dict[str, Any] = {"id": record.pk, "token": record.claim_token}
-        for i, (name, model_field) in enumerate(model_fields):
-            # A column the message doesn't set has no key: NULL, so it
-            # keeps its value.
-            if name in fields:
-                row[f"s{i}"] = True
-                row[f"v{i}"] = model_field.get_db_prep_value(fields[name], connection)
+        # A column the message doesn't set has no key: NULL, so it keeps
+        # its value.
+        for name, value in fields.items():
+            try:
+                i, model_field = columns[name]
+            except KeyError:
+                raise ValueError(
+                    f"Not a column of the record statement: {name!r}"
+                ) from None
+            row[f"s{i}"] = True
+            row[f"v{i}"] = model_field.get_db_prep_value(value, connection)
         messages.append(row)
         for address, (status, code, reply) in attempt.recipients.items():
             recipients.append(
