@@ -237,7 +237,9 @@ def check_limits_apply(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                     id="django_mailkit.W006",
                 )
             )
-        elif sent < task_batch:
+        # Both, if both batches are too large: one fix at a time would
+        # show the second warning only once the first is fixed.
+        if sent < task_batch:
             warnings.append(
                 Warning(
                     f"MAILERS[{alias!r}]['OPTIONS']['rate'] is {rate}: about "

@@ -431,6 +431,17 @@ def test_a_rate_too_slow_for_a_batch_is_a_warning():
         assert check_messages({"default": outbox, "smtp": smtp}) == []
 
 
+def test_a_rate_too_slow_for_both_batches_is_two_warnings():
+    smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", "rate": "1000/h"}}
+    outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
+    mailkit = {"BATCH_SIZE": 100, "LEASE_SECONDS": 300, "TASK_BATCH_SIZE": 50}
+    with override_settings(MAILKIT=mailkit):
+        worker, task = check_messages({"default": outbox, "smtp": smtp})
+    assert (worker.id, task.id) == ("django_mailkit.W006", "django_mailkit.W006")
+    assert "(MAILKIT['BATCH_SIZE'] = 100)" in worker.msg
+    assert "(MAILKIT['TASK_BATCH_SIZE'] = 50)" in task.msg
+
+
 def test_a_rate_too_slow_for_a_task_batch_is_a_warning():
     smtp = {"BACKEND": SMTP, "OPTIONS": {"host": "h", "rate": "1000/h"}}
     outbox = {"BACKEND": OUTBOX, "OPTIONS": {"deliver_using": "smtp"}}
