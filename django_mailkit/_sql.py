@@ -36,6 +36,7 @@ returning the claimed rows (no read-back).
 from __future__ import annotations
 
 import datetime
+import enum
 import functools
 import hashlib
 import io
@@ -221,6 +222,39 @@ def _json(rows: list[dict[str, Any]]) -> str:
     )
 
 
+@functools.cache
+def _columns(names: tuple[str, ...]) -> dict[str, tuple[int, Field[Any, Any]]]:
+    """{name: (its number in the statement, the field)} for ``names``."""
+    from .models import OutboxMessage
+
+    columns = {}
+    for i, name in enumerate(names):
+        model_field = OutboxMessage._meta.get_field(name)
+        assert isinstance(model_field, Field)
+        columns[name] = (i, model_field)
+    return columns
+
+
+def _db_value(model_field: Field[Any, Any], value: Any, connection: Any) -> Any:
+    """
+    ``value`` as ``model_field`` writes it to PostgreSQL, for JSON. The
+    values of a state change are plain ints and texts, None, and aware
+    datetimes, which the field would write as they are (a choice as its
+    value, a datetime in ISO format, as ``_json`` writes them): those skip
+    its preparation,
+    a few microseconds each. Anything else (an enum, a naive datetime, a
+    lazy text) is prepared by the field.
+    """
+    kind = type(value)
+    if value is None or kind is int or kind is str:
+        return value
+    if isinstance(value, enum.Enum) and type(value.value) in (int, str):
+        return value.value  # a Status
+    if kind is datetime.datetime and value.utcoffset() is not None:
+        return value.isoformat()
+    return model_field.get_db_prep_value(value, connection)
+
+
 def _record_params(
     changes: list[tuple[OutboxMessage, AttemptRecord, dict[str, Any]]],
     names: tuple[str, ...],
@@ -231,14 +265,7 @@ def _record_params(
     for each column of ``names`` it sets, that it sets it), the recipients'
     new states, and the Attempt rows.
     """
-    from .models import OutboxMessage
-
-    #: {name: (its number in the statement, the field)}
-    columns: dict[str, tuple[int, Field[Any, Any]]] = {}
-    for i, name in enumerate(names):
-        model_field = OutboxMessage._meta.get_field(name)
-        assert isinstance(model_field, Field)
-        columns[name] = (i, model_field)
+    columns = _columns(names)
     messages = []
     recipients = []
     attempts = []
@@ -254,8 +281,9 @@ def _record_params(
                     f"Not a column of the record statement: {name!r}"
                 ) from None
             row[f"s{i}"] = True
-            row[f"v{i}"] = model_field.get_db_prep_value(value, connection)
+            row[f"v{i}"] = _db_value(model_field, value, connection)
         messages.append(row)
+        finished = attempt.finished_at.isoformat()
         for address, (status, code, reply) in attempt.recipients.items():
             recipients.append(
                 {
@@ -264,10 +292,12 @@ def _record_params(
                     "s": str(status),
                     "c": code,
                     "r": reply,
-                    "u": attempt.finished_at,
+                    "u": finished,
                 }
             )
         values = attempt.attempt_fields(record.attempts)
+        values["started_at"] = attempt.started_at.isoformat()
+        values["finished_at"] = finished
         values["outcome"] = str(values["outcome"])
         values["message_id"] = record.pk
         attempts.append(values)

@@ -298,3 +298,26 @@ def test_without_the_function_the_statement_goes_as_it_is(outbox, postgresql):
     # Installed again, it is found on the next connection.
     connection.close()
     assert _sql._record_function("default") == name
+
+
+def test_a_state_changes_values_go_as_their_fields_would_write_them(postgresql):
+    # The record statement's values skip the fields' preparation when it
+    # would change nothing: the JSON is the same either way.
+    from django.db import connection
+
+    from django_mailkit._sql import _db_value, _json
+
+    message = OutboxMessage(pk=1, attempts=2, sent_at=None)
+    now = timezone.now()
+    states = [
+        message.finish_fields(Status.SENT),
+        message.finish_fields(Status.FAILED, error="550 «no» \\ 'such' user"),
+        message.retry_fields(error="451 later"),
+        {"attempts": 3, "updated_at": now, "claimed_by": "", "sent_at": None},
+    ]
+    for fields in states:
+        for name, value in fields.items():
+            field = OutboxMessage._meta.get_field(name)
+            fast = _db_value(field, value, connection)
+            prepared = field.get_db_prep_value(value, connection)
+            assert _json([{"v": fast}]) == _json([{"v": prepared}]), name
