@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import AddressHeader
-from typing import Any
+from typing import Any, Final
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router
@@ -171,6 +171,33 @@ def _header_addresses(parsed: Any, name: str) -> list[str]:
 
 Kind = Attempt.Outcome
 
+
+class _Kind:
+    """
+    ``Kind``'s members, for the per-message code below: the same objects.
+
+    On Python 3.11, every ``Kind.SENT`` runs ``EnumType.__getattr__`` (over
+    a thousand instructions; 3.12 dropped it), and classifying one message
+    looked up a dozen. A plain class's attribute costs nothing of the kind.
+    """
+
+    SENT: Final = Kind.SENT
+    PARTIAL: Final = Kind.PARTIAL
+    RETRY: Final = Kind.RETRY
+    FAILED: Final = Kind.FAILED
+    SUPPRESSED: Final = Kind.SUPPRESSED
+
+
+class _State:
+    """``RecipientStatus``'s members, as ``_Kind`` holds ``Kind``'s."""
+
+    PENDING: Final = RecipientStatus.PENDING
+    DEFERRED: Final = RecipientStatus.DEFERRED
+    SENT: Final = RecipientStatus.SENT
+    FAILED: Final = RecipientStatus.FAILED
+    SUPPRESSED: Final = RecipientStatus.SUPPRESSED
+
+
 #: The Result of recording each kind of outcome.
 _RESULTS = {
     Kind.SENT: Result.SENT,
@@ -237,13 +264,13 @@ def deliver_batch(
         .order_by("id")
         .values_list("message_id", "address", "status")
     ):
-        if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
+        if status in (_State.PENDING, _State.DEFERRED):
             pending[message_id].append(address)
-        elif status == RecipientStatus.SENT:
+        elif status == _State.SENT:
             delivered_before.add(message_id)
-        elif status == RecipientStatus.FAILED:
+        elif status == _State.FAILED:
             failed_before.add(message_id)
-        elif status == RecipientStatus.SUPPRESSED:
+        elif status == _State.SUPPRESSED:
             suppressed_before.add(message_id)
     # Suppressed recipients leave the envelope here: they never reach the wire.
     suppressed = suppression.suppressed_recipients(messages, pending)
@@ -301,7 +328,7 @@ def deliver_batch(
                     outcome = _attempt(record, backend, pending[record.pk], lease)
                 else:
                     # Nobody left to send to (all suppressed): no connection.
-                    outcome = Outcome(Kind.SENT)
+                    outcome = Outcome(_Kind.SENT)
             finally:
                 record.forget_bytes()
             if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
@@ -537,7 +564,7 @@ class _Recorder:
                 continue
             if outcome is not None and outcome.refused_at_rcpt:
                 _suppress_refused(record, outcome)
-            if attempt.outcome != Kind.SENT:
+            if attempt.outcome != _Kind.SENT:
                 logger.warning(
                     "Outbox message %s: %s. %s",
                     record.pk,
@@ -586,8 +613,7 @@ def _finish_unrecorded(
     if status == Attempt.Outcome.RETRY:
         # Partially sent if anyone got it, in this attempt or an earlier one.
         delivered = delivered_before or any(
-            status == RecipientStatus.SENT
-            for status, _, _ in attempt.recipients.values()
+            status == _State.SENT for status, _, _ in attempt.recipients.values()
         )
         status = Attempt.Outcome.PARTIAL if delivered else Attempt.Outcome.FAILED
     error = decode_reply(
@@ -637,20 +663,20 @@ def _attempt(
     lease: timedelta,
 ) -> Outcome:
     if not pending:
-        return Outcome(Kind.SENT)
+        return Outcome(_Kind.SENT)
     # The stored row is not trusted: an address that fails the envelope
     # check (a tampered or migrated row) fails that recipient, here, and
     # never reaches the wire; the others go ahead.
     try:
         envelope, invalid = stored_envelope(record.from_email, pending)
     except (ValueError, TypeError) as exc:
-        return Outcome(Kind.FAILED, error=f"Not sent: {exc}")
+        return Outcome(_Kind.FAILED, error=f"Not sent: {exc}")
     refused: dict[str, tuple[int | None, str]] = {
         address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
         for address, reason in invalid.items()
     }
     if not envelope.recipients:
-        return Outcome(Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
+        return Outcome(_Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
     if isinstance(backend, Exception):
         outcome = _failure(backend)
     else:
@@ -705,8 +731,10 @@ def _send(
         stored = StoredMessage(record, list(envelope.recipients))
         if backend.send_messages([stored]):
             replies = {address: (None, "") for address in envelope.recipients}
-            return Outcome(Kind.SENT, replies=dict(replies))
-        return Outcome(Kind.RETRY, error="The mailer reported the message as not sent.")
+            return Outcome(_Kind.SENT, replies=dict(replies))
+        return Outcome(
+            _Kind.RETRY, error="The mailer reported the message as not sent."
+        )
     except Exception as exc:
         return _failure(exc)
 
@@ -755,15 +783,26 @@ def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
         # The connection was lost before some recipients were tried: they
         # stay pending and are retried.
         error = f"{type(transmission.error).__name__}: {transmission.error}"
-    codes = [c for c, _ in replies.values() if c is not None]
-    if transmission.error is not None or any(_temporary(c) for c in codes):
-        kind = Kind.RETRY
-    elif all(accepted(c) for c in codes):
-        kind = Kind.SENT
-    elif any(accepted(c) for c in codes):
-        kind = Kind.PARTIAL
+    # Any temporary reply: retry; else all accepted: sent; else any
+    # accepted: partial; else failed. (One pass over the replies.)
+    temporary = some_accepted = some_refused = False
+    for c, _ in replies.values():
+        if c is None:
+            continue
+        if _temporary(c):
+            temporary = True
+        elif accepted(c):
+            some_accepted = True
+        else:
+            some_refused = True
+    if transmission.error is not None or temporary:
+        kind = _Kind.RETRY
+    elif not some_refused:
+        kind = _Kind.SENT
+    elif some_accepted:
+        kind = _Kind.PARTIAL
     else:
-        kind = Kind.FAILED
+        kind = _Kind.FAILED
     return Outcome(
         kind,
         replies=replies,
@@ -785,7 +824,7 @@ def _failure(exc: BaseException) -> Outcome:
         }
         temporary = any(_temporary(code) for code, _ in replies.values())
         return Outcome(
-            Kind.RETRY if temporary else Kind.FAILED,
+            _Kind.RETRY if temporary else _Kind.FAILED,
             replies=replies,
             connection_lost=any(code == 421 for code, _ in replies.values()),
             error=text,
@@ -797,7 +836,7 @@ def _failure(exc: BaseException) -> Outcome:
         text = f"{type(exc).__name__}: {code} {reply}"
         temporary = not 500 <= code < 600
         return Outcome(
-            Kind.RETRY if temporary else Kind.FAILED,
+            _Kind.RETRY if temporary else _Kind.FAILED,
             # 421: the server is closing the connection.
             connection_lost=code == 421,
             code=code,
@@ -805,11 +844,11 @@ def _failure(exc: BaseException) -> Outcome:
             error=text,
         )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return Outcome(Kind.FAILED, error=text)  # e.g. SMTPUTF8 needed, not offered
+        return Outcome(_Kind.FAILED, error=text)  # e.g. SMTPUTF8 needed, not offered
     if isinstance(exc, OSError | ImproperlyConfigured):
         # Network trouble, or a mailer misconfiguration someone may fix.
-        return Outcome(Kind.RETRY, connection_lost=True, error=text)
-    return Outcome(Kind.FAILED, error=text)
+        return Outcome(_Kind.RETRY, connection_lost=True, error=text)
+    return Outcome(_Kind.FAILED, error=text)
 
 
 def _classify(
@@ -847,50 +886,53 @@ def _classify(
         if outcome.code and outcome.code >= 400
         else ""
     )
+    # Each recipient's new state, its reply as stored, and who was refused.
+    # (One pass over the replies: this runs for every message sent.)
+    rows: dict[str, tuple[str, int | None, str]] = {}
+    replies: dict[str, tuple[int | None, str]] = {}
+    refusals: list[str] = []
+    for address, (code, reply) in outcome.replies.items():
+        stored_code = code if known_code(code) else None
+        rows[address] = (_recipient_status(code), stored_code, reply)
+        replies[address] = (stored_code, decode_reply(reply))
+        if code is not None and code >= 400:
+            refusals.append(f"{address}: {code} {reply}")
     if not error:
         # Say who was refused, and how.
-        error = "; ".join(
-            f"{address}: {code} {reply}"
-            for address, (code, reply) in outcome.replies.items()
-            if code is not None and code >= 400
-        )
-    # Each recipient's new state.
-    rows: dict[str, tuple[str, int | None, str]] = {}
-    for address, (code, reply) in outcome.replies.items():
-        rows[address] = (_recipient_status(code), _stored_code(code), reply)
-    if not outcome.replies and kind == Kind.FAILED:
+        error = "; ".join(refusals)
+    if not outcome.replies and kind == _Kind.FAILED:
         for address in pending:
             rows[address] = (
-                RecipientStatus.FAILED,
+                _State.FAILED,
                 outcome.code,
                 outcome.reply or outcome.error,
             )
     for address, reason in (suppressed or {}).items():
-        rows[address] = (RecipientStatus.SUPPRESSED, None, reason)
-    final = kind != Kind.RETRY
+        rows[address] = (_State.SUPPRESSED, None, reason)
+    final = kind != _Kind.RETRY
     this_attempt: Kind | None = None
     if not final and record.attempts - record.requeued_attempts >= conf.max_attempts():
         # Out of attempts: what is still pending fails.
         for address in pending:
-            status, code, reply = rows.get(address, (RecipientStatus.PENDING, None, ""))
-            if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
-                rows[address] = (RecipientStatus.FAILED, code, reply or error)
+            status, code, reply = rows.get(address, (_State.PENDING, None, ""))
+            if status in (_State.PENDING, _State.DEFERRED):
+                rows[address] = (_State.FAILED, code, reply or error)
         final = True
     if final:
         states = {status for status, _, _ in rows.values()}
         if states:
             this_attempt = _fate(
-                RecipientStatus.SENT in states,
-                RecipientStatus.FAILED in states,
-                RecipientStatus.SUPPRESSED in states,
+                _State.SENT in states,
+                _State.FAILED in states,
+                _State.SUPPRESSED in states,
             )
         # The message's fate is its recipients', over all its attempts.
         kind = _fate(
-            delivered_before or RecipientStatus.SENT in states,
-            failed_before or RecipientStatus.FAILED in states,
-            suppressed_before or RecipientStatus.SUPPRESSED in states,
+            delivered_before or _State.SENT in states,
+            failed_before or _State.FAILED in states,
+            suppressed_before or _State.SUPPRESSED in states,
         )
-        if kind == Kind.SUPPRESSED:
+        if kind == _Kind.SUPPRESSED:
             error = error or "Not sent: every recipient is suppressed."
     # The one place an attempt's texts and codes are made storable: text
     # columns take no NUL, code columns only real reply codes.
@@ -904,10 +946,7 @@ def _classify(
         attempt_error=decode_reply(outcome.error),
         smtp_code=_stored_code(outcome.code),
         smtp_reply=decode_reply(outcome.reply),
-        replies={
-            address: (_stored_code(code), decode_reply(reply))
-            for address, (code, reply) in outcome.replies.items()
-        },
+        replies=replies,
         recipients={
             address: (status, code, decode_reply(reply))
             for address, (status, code, reply) in rows.items()
@@ -918,10 +957,10 @@ def _classify(
 def _fate(delivered: bool, failed: bool, skipped: bool) -> Kind:
     """A final outcome, from who was delivered, failed and suppressed."""
     if delivered:
-        return Kind.PARTIAL if failed or skipped else Kind.SENT
+        return _Kind.PARTIAL if failed or skipped else _Kind.SENT
     if skipped and not failed:
-        return Kind.SUPPRESSED
-    return Kind.FAILED
+        return _Kind.SUPPRESSED
+    return _Kind.FAILED
 
 
 def _temporary(code: int) -> bool:
@@ -935,7 +974,7 @@ def _stored_code(code: int | None) -> int | None:
 
 def _recipient_status(code: int | None) -> str:
     if code is None or accepted(code):
-        return RecipientStatus.SENT
+        return _State.SENT
     if _temporary(code):
-        return RecipientStatus.DEFERRED
-    return RecipientStatus.FAILED
+        return _State.DEFERRED
+    return _State.FAILED

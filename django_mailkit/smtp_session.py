@@ -92,6 +92,11 @@ def decode_reply(reply: bytes | str) -> str:
     surrogates become U+FFFD.
     """
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    if type(text) is str and text.isprintable():
+        # The common case, and a cheap test: a printable text has none of
+        # _CONTROL's characters (all of them are unprintable), so there is
+        # nothing to replace.
+        return text
     return _CONTROL.sub("\ufffd", text)
 
 
@@ -159,14 +164,26 @@ class Job:
     _in_flight: set[EnvelopeAddress] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        for path in (self.envelope.sender, *self.envelope.recipients):
-            _check_path(path)
+        sender, recipients, _ = self.envelope
+        _check_path(sender)
+        for path in recipients:
+            if type(path) is not EnvelopeAddress:
+                _check_path(path)  # raises
         self.data = _crlf(self.data)
         self.result = Transmission({})
 
     @property
     def finished(self) -> bool:
-        return self.result.error is not None or not self.todo()
+        # ``not self.todo()``, without building the list: it is asked
+        # several times per message.
+        result = self.result
+        if result.error is not None:
+            return True
+        replies, in_flight = result.replies, self._in_flight
+        for r in self.envelope.recipients:
+            if r not in replies and r not in in_flight:
+                return False
+        return True
 
     @property
     def started(self) -> bool:
