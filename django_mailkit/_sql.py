@@ -42,9 +42,10 @@ import hashlib
 import io
 import itertools
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, models, router
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.backends.signals import connection_created
 from django.db.models import Field
 from django.db.models.expressions import RawSQL
@@ -161,35 +162,32 @@ def record_attempts_postgresql(
     for them). Returns the ids recorded, and {id: bytes} for the messages
     read.
     """
-    connection = connections[db]
-    function = _record_function(db)
-    if function is not None:
-        # Every part, empty or not: the function takes all five values.
-        names = _function_fields(db)
-        sql = f"SELECT * FROM {function}(%s::json, %s::json, %s::json, %s, %s::json)"
-        record, load = True, True
-    else:
-        names = tuple(sorted({name for _r, _a, fields in changes for name in fields}))
-        record, load = bool(changes), bool(then_load)
-        sql = _statement(db, names, record, load)
-    params: list[Any] = []
-    if record:
-        params += _record_params(changes, names, connection)
-    if load:
-        params += [
-            INLINE_BYTES,
-            _json(
-                [
-                    {"id": message.pk, "token": message.claim_token}
-                    for message in then_load
-                ]
-            ),
-        ]
     written: set[int] = set()
     loaded: dict[int, bytes] = {}
+    if not changes and not then_load:
+        return written, loaded  # (the statement would be empty)
+    connection = connections[db]
+    function = _record_function(db)
     by_pk = {message.pk: message for message in then_load}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        try:
+            cursor.execute(*_group_statement(db, changes, then_load, function))
+        except DatabaseError as error:
+            if function is None:
+                raise
+            # Dropped by hand, or this role may no longer run it: ask again
+            # next time. Outside a transaction nothing was written and
+            # nothing is left aborted, so the statement itself goes now.
+            _available.pop(db, None)
+            in_transaction = connection.in_atomic_block or not (
+                connection.get_autocommit()
+            )
+            if in_transaction or _sqlstate(error) not in (
+                _UNDEFINED_FUNCTION,
+                _INSUFFICIENT_PRIVILEGE,
+            ):
+                raise
+            cursor.execute(*_group_statement(db, changes, then_load, None))
         large = []
         for kind, pk, size, mime in cursor.fetchall():
             if kind == "w":
@@ -201,6 +199,41 @@ def record_attempts_postgresql(
         for pk, size in large:
             loaded[pk] = _read_in_pieces(cursor, by_pk[pk], size or 0)
     return written, loaded
+
+
+def _group_statement(
+    db: str,
+    changes: list[tuple[OutboxMessage, AttemptRecord, dict[str, Any]]],
+    then_load: list[OutboxMessage],
+    function: str | None,
+) -> tuple[str, list[Any]]:
+    """
+    The SQL and parameters of ``record_attempts_postgresql()``: a call of
+    ``function``, or (None) the statement itself.
+    """
+    if function is not None:
+        # Every part, empty or not: the function takes all five values.
+        names = _function_fields(db)
+        sql = f"SELECT * FROM {function}(%s::json, %s::json, %s::json, %s, %s::json)"
+        record, load = True, True
+    else:
+        names = tuple(sorted({name for _r, _a, fields in changes for name in fields}))
+        record, load = bool(changes), bool(then_load)
+        sql = _statement(db, names, record, load)
+    params: list[Any] = []
+    if record:
+        params += _record_params(changes, names, connections[db])
+    if load:
+        params += [
+            INLINE_BYTES,
+            _json(
+                [
+                    {"id": message.pk, "token": message.claim_token}
+                    for message in then_load
+                ]
+            ),
+        ]
+    return sql, params
 
 
 def _json_default(value: Any) -> Any:
@@ -437,21 +470,48 @@ def record_function(db: str) -> tuple[str, str]:
     on ``db``. The name holds a hash of the definition: a version of the
     code whose statement differs calls a function of its own.
     """
+    name, _source, create = _record_function_parts(db)
+    return name, create
+
+
+@functools.cache
+def _record_function_parts(db: str) -> tuple[str, str, str]:
+    """The function's name, its source (``prosrc``), its ``CREATE``."""
     body = _statement(db, _function_fields(db), True, True, numbered=True)
+    source = f" BEGIN RETURN QUERY {body}; END "
     definition = (
-        "(json, json, json, integer, json) "
+        f"({_ARGUMENTS}) "
         "RETURNS TABLE (o_kind text, o_id bigint, o_size integer, o_mime bytea) "
         "LANGUAGE plpgsql VOLATILE "
-        f"AS $mailkit$ BEGIN RETURN QUERY {body}; END $mailkit$"
+        f"AS $mailkit${source}$mailkit$"
     )
     digest = hashlib.sha256(definition.encode()).hexdigest()[:16]
     name = f"mailkit_record_{digest}"
-    return name, f"CREATE OR REPLACE FUNCTION {name}{definition}"
+    return name, source, f"CREATE OR REPLACE FUNCTION {name}{definition}"
+
+
+_ARGUMENTS = "json, json, json, integer, json"
+
+# SQLSTATEs of a call of a function that is gone, or may not be run.
+_UNDEFINED_FUNCTION = "42883"
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _sqlstate(error: DatabaseError) -> str | None:
+    cause = error.__cause__
+    # psycopg 3, psycopg2
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return str(code) if code else None
 
 
 #: {alias: the function's name, or None}: whether each database has this
-#: version's function, and may run it; asked once per connection.
+#: version's function, and may run it; asked once per connection, and
+#: while the answer is no, again every ASK_AGAIN seconds (a worker started
+#: before the deploy's migrate, or kept across it, finds the function).
 _available: dict[str, str | None] = {}
+#: {alias: when the answer was no (time.monotonic())}
+_refused_at: dict[str, float] = {}
+ASK_AGAIN = 60.0
 
 
 def _forget(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -463,23 +523,31 @@ connection_created.connect(_forget)
 
 def _record_function(db: str) -> str | None:
     """The record function's name, if ``db`` has it and this user may run it."""
-    if db not in _available:
+    # Read once: another thread's new connection may forget it meanwhile
+    # (connection_created).
+    found = _available.get(db, "")
+    if found == "" or (
+        found is None
+        and time.monotonic() - _refused_at.get(db, float("inf")) >= ASK_AGAIN
+    ):
         name, _definition = record_function(db)
         with connections[db].cursor() as cursor:
             cursor.execute(
                 "SELECT CASE WHEN to_regprocedure(%s) IS NOT NULL "
                 "THEN has_function_privilege(to_regprocedure(%s), 'EXECUTE') END",
-                [f"{name}(json, json, json, integer, json)"] * 2,
+                [f"{name}({_ARGUMENTS})"] * 2,
             )
             (runs,) = cursor.fetchone()
-        _available[db] = name if runs else None
-    return _available[db]
+        found = _available[db] = name if runs else None
+        if found is None:
+            _refused_at[db] = time.monotonic()
+    return found
 
 
 def install_record_function(using: str, **kwargs: Any) -> None:
     """
-    Create (or replace) the record function on ``using``, a PostgreSQL
-    database holding the outbox's tables: a ``post_migrate`` receiver.
+    Create the record function on ``using``, a PostgreSQL database holding
+    the outbox's tables, unless it has it: a ``post_migrate`` receiver.
     Functions of earlier versions stay: their workers may still be running.
     """
     from .models import OutboxMessage
@@ -491,10 +559,29 @@ def install_record_function(using: str, **kwargs: Any) -> None:
         return
     if OutboxMessage._meta.db_table not in connection.introspection.table_names():
         return  # migrated back to zero
-    _name, create = record_function(using)
-    with connection.cursor() as cursor:
-        cursor.execute(create)
+    name, source, create = _record_function_parts(using)
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        # One migrate at a time: two creating it at once, one would fail
+        # (a duplicate key, or "tuple concurrently updated"). And nothing
+        # to do when it is there (its name is its definition's hash): no
+        # need to own it, and the sessions running it keep their plans.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK])
+        cursor.execute(
+            "SELECT prosrc = %s FROM pg_proc WHERE oid = to_regprocedure(%s)",
+            [source, f"{name}({_ARGUMENTS})"],
+        )
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            cursor.execute(create)
     _available.pop(using, None)
+
+
+#: The advisory lock install_record_function() takes (a 64-bit key).
+_INSTALL_LOCK = int.from_bytes(
+    hashlib.sha256(b"django_mailkit.install_record_function").digest()[:8],
+    "big",
+    signed=True,
+)
 
 
 def claim_returning(

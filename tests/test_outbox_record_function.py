@@ -1,0 +1,351 @@
+"""
+The group record statement as a PostgreSQL function (``_sql``): it writes
+and reads exactly what the statement itself does, a worker copes with it
+going away, and ``migrate`` installs it safely while others run.
+"""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.models import F
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_mailkit import _sql
+from django_mailkit.models import (
+    Attempt,
+    AttemptRecord,
+    OutboxMessage,
+    Recipient,
+    RecipientStatus,
+    Status,
+)
+from tests.test_outbox_drain_path import (  # noqa: F401 (outbox: a fixture)
+    attempt_for,
+    claimed_group,
+    outbox,
+)
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("outbox"),
+]
+
+
+@pytest.fixture
+def postgresql():
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL function (MAILKIT_DB=postgresql)")
+    _sql._available.clear()
+    yield _sql.record_function("default")[0]
+    # Whatever a test did to it, the function is there again for the next.
+    with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+        cursor.execute(f"DROP FUNCTION IF EXISTS {signature()}")
+    _sql.install_record_function("default")
+    _sql._available.clear()
+
+
+def signature():
+    return f"{_sql.record_function('default')[0]}({_sql._ARGUMENTS})"
+
+
+def function_calls(queries):
+    return [q for q in queries if q["sql"].startswith("SELECT * FROM mailkit_record_")]
+
+
+def state():
+    """Every row the record statement may write (Attempt ids aside)."""
+    return (
+        list(OutboxMessage.objects.order_by("pk").values()),
+        list(Recipient.objects.order_by("pk").values()),
+        [
+            {name: value for name, value in row.items() if name != "id"}
+            for row in Attempt.objects.order_by("message_id", "number").values()
+        ],
+    )
+
+
+def both_ways(call, *, statement_sent=True):
+    """
+    ``call()`` through the function, then through the statement itself,
+    each from the same rows (rolled back): both results and both states.
+    """
+    results = {}
+    for way in ("function", "statement"):
+        with transaction.atomic():
+            _sql._available.clear()
+            if way == "statement":
+                _sql._available["default"] = None  # as if not installed
+            with CaptureQueriesContext(connection) as queries:
+                result = call()
+            # The way meant is the way taken.
+            assert len(function_calls(queries)) == (
+                way == "function" and statement_sent
+            )
+            results[way] = (result, state())
+            transaction.set_rollback(True)
+    _sql._available.clear()
+    return results["function"], results["statement"]
+
+
+def retry(record, address):
+    now = timezone.now()
+    reply = "451 4.3.0 try later"
+    return AttemptRecord(
+        outcome=Attempt.Outcome.RETRY,
+        worker="w",
+        started_at=now,
+        finished_at=now,
+        error=f"{address}: {reply}",
+        smtp_code=451,
+        smtp_reply=reply,
+        replies={address: (451, reply)},
+        recipients={address: (RecipientStatus.DEFERRED, 451, reply)},
+    )
+
+
+@pytest.mark.parametrize(
+    "record, load",
+    [(True, True), (True, False), (False, True), (False, False)],
+    ids=["record and load", "record only", "load only", "neither"],
+)
+def test_the_function_does_exactly_what_the_statement_does(
+    postgresql, monkeypatch, record, load
+):
+    sent, stale, retried, other, large = claimed_group(5)
+    # Another worker took one over; one was sent before (its sent_at is
+    # set to NULL on purpose below); one is read in pieces.
+    OutboxMessage.objects.filter(pk=stale.pk).update(claim_token=F("claim_token") + 1)
+    OutboxMessage.objects.filter(pk=retried.pk).update(sent_at=timezone.now())
+    big = b"x" * 2500
+    OutboxMessage.objects.filter(pk=large.pk).update(mime=big)
+    monkeypatch.setattr(_sql, "INLINE_BYTES", 1000)
+    now = timezone.now()
+    finished = {
+        "status": Status.SENT,
+        "lease_expires_at": None,
+        "sent_at": now,
+        "last_error": "",
+        "attempts": 1,
+        "updated_at": now,
+    }
+    changes = [
+        (sent, attempt_for(sent, "u0@example.com", "250 ok"), finished),
+        (stale, attempt_for(stale, "u1@example.com", "250 ok"), finished),
+        (
+            retried,
+            retry(retried, "u2@example.com"),
+            {
+                "status": Status.QUEUED,
+                "claimed_by": "",
+                "lease_expires_at": None,
+                "sent_at": None,
+                "next_attempt_at": now + timedelta(minutes=1),
+                "last_error": "u2@example.com: 451 4.3.0 try later",
+                "attempts": 1,
+                "updated_at": now,
+            },
+        ),
+    ]
+    # The retried one is in both lists; the stale one is not read.
+    then_load = [retried, other, stale, large]
+
+    def call():
+        return _sql.record_attempts_postgresql(
+            changes if record else [], "default", then_load=then_load if load else []
+        )
+
+    function, statement = both_ways(call, statement_sent=record or load)
+    assert function == statement
+    (written, loaded), (messages, recipients, attempts) = function
+    assert written == ({sent.pk, retried.pk} if record else set())
+    if load:
+        assert set(loaded) == {retried.pk, other.pk, large.pk}
+        assert loaded[large.pk] == big
+        assert loaded[other.pk] == OutboxMessage.objects.get(pk=other.pk).mime
+    else:
+        assert loaded == {}
+    rows = {row["id"]: row for row in messages}
+    if record:
+        # What is set to NULL is set to NULL; what is not set stays.
+        assert rows[sent.pk]["lease_expires_at"] is None
+        assert rows[sent.pk]["sent_at"] == now
+        assert rows[retried.pk]["sent_at"] is None
+        assert rows[retried.pk]["lease_expires_at"] is None
+        assert (rows[retried.pk]["status"], rows[retried.pk]["claimed_by"]) == (
+            Status.QUEUED,
+            "",
+        )
+        assert rows[retried.pk]["subject"] == retried.subject
+        assert rows[stale.pk]["status"] == Status.SENDING
+        assert rows[stale.pk]["lease_expires_at"] is not None
+        assert sorted(a["message_id"] for a in attempts) == [sent.pk, retried.pk]
+        assert {r["message_id"]: r["status"] for r in recipients} == {
+            sent.pk: RecipientStatus.SENT,
+            stale.pk: RecipientStatus.PENDING,
+            retried.pk: RecipientStatus.DEFERRED,
+            other.pk: RecipientStatus.PENDING,
+            large.pk: RecipientStatus.PENDING,
+        }
+    else:
+        assert {row["status"] for row in messages} == {Status.SENDING}
+        assert attempts == []
+
+
+def test_a_function_dropped_while_a_worker_runs_is_noticed(postgresql):
+    first, second = claimed_group(2)
+    assert _sql._record_function("default") == postgresql  # the worker asked
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+    with CaptureQueriesContext(connection) as queries:
+        written, _loaded = OutboxMessage.objects.record_attempts(
+            [(first, attempt_for(first, "u0@example.com", "250 ok"))]
+        )
+    assert written == {first.pk}
+    assert OutboxMessage.objects.get(pk=first.pk).status == Status.SENT
+    assert any(q["sql"].startswith("WITH msg") for q in queries)
+    # Asked again: it is not there.
+    assert _sql._record_function("default") is None
+    written, _loaded = OutboxMessage.objects.record_attempts(
+        [(second, attempt_for(second, "u1@example.com", "250 ok"))]
+    )
+    assert written == {second.pk}
+
+
+def test_a_role_that_may_not_execute_it_sends_the_statement(postgresql):
+    role = f"{connection.settings_dict['NAME']}_worker"
+    first, second = claimed_group(2)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            cursor.execute(f"SET ROLE {role}")
+            # Anyone may execute a new function: this worker asks, and may.
+            assert _sql._record_function("default") == postgresql
+            cursor.execute("RESET ROLE")
+            cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature()} FROM PUBLIC")
+            cursor.execute(f"SET ROLE {role}")
+            # Revoked while it runs: refused, then the statement goes.
+            written, _loaded = OutboxMessage.objects.record_attempts(
+                [(first, attempt_for(first, "u0@example.com", "250 ok"))]
+            )
+            assert written == {first.pk}
+            # Asked again, and not allowed: the statement, without a refusal.
+            assert _sql._record_function("default") is None
+            with CaptureQueriesContext(connection) as queries:
+                written, _loaded = OutboxMessage.objects.record_attempts(
+                    [(second, attempt_for(second, "u1@example.com", "250 ok"))]
+                )
+            assert written == {second.pk}
+            assert not function_calls(queries)
+        finally:
+            cursor.execute("RESET ROLE")
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
+    assert OutboxMessage.objects.filter(status=Status.SENT).count() == 2
+
+
+@pytest.mark.parametrize("there", [False, True], ids=["new version", "same version"])
+def test_two_migrates_at_once_both_succeed(postgresql, there):
+    """
+    Several deploys run ``migrate`` at the same moment (every container
+    at its start): neither fails for the function, whether it is new or
+    already there.
+    """
+    if not there:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP FUNCTION {signature()}")
+    errors = []
+
+    def other_migrate():
+        try:
+            _sql.install_record_function("default")
+        except Exception as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_migrate)
+    with transaction.atomic():
+        # This migrate's post_migrate, not yet committed when the other's
+        # comes.
+        _sql.install_record_function("default")
+        thread.start()
+        deadline = time.monotonic() + 10
+        with connection.cursor() as cursor:
+            while time.monotonic() < deadline:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND wait_event_type = 'Lock'"
+                )
+                if cursor.fetchone() == (1,):
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the other migrate never waited")
+    thread.join(10)
+    assert errors == []
+    assert _sql._record_function("default") == postgresql
+
+
+def test_a_new_connection_elsewhere_meanwhile_is_no_error(postgresql, monkeypatch):
+    # Another thread's new connection (connection_created) forgets the
+    # answer just as this thread has stored it.
+    class Forgetful(dict):
+        def __setitem__(self, alias, name):
+            super().__setitem__(alias, name)
+            _sql._forget(None, connection)
+
+    monkeypatch.setattr(_sql, "_available", Forgetful())
+    assert _sql._record_function("default") == postgresql
+
+
+def test_dropped_inside_a_transaction_the_error_stands_then_it_is_noticed(
+    postgresql,
+):
+    from django.db import DatabaseError
+
+    first, second = claimed_group(2)
+    assert _sql._record_function("default") == postgresql
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+    # The transaction is aborted: nothing more can run in it.
+    with pytest.raises(DatabaseError), transaction.atomic():
+        OutboxMessage.objects.record_attempts(
+            [(first, attempt_for(first, "u0@example.com", "250 ok"))]
+        )
+    assert OutboxMessage.objects.get(pk=first.pk).status == Status.SENDING
+    # The next try asks again, and sends the statement.
+    written, _loaded = OutboxMessage.objects.record_attempts(
+        [(first, attempt_for(first, "u0@example.com", "250 ok"))]
+    )
+    assert written == {first.pk}
+
+
+def test_a_worker_running_before_migrate_finds_the_function_later(
+    postgresql, monkeypatch
+):
+    first, second = claimed_group(2)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+    assert _sql._record_function("default") is None
+    # The deploy's migrate, in another process (this one's answer stays).
+    with connection.cursor() as cursor:
+        cursor.execute(_sql.record_function("default")[1])
+    assert _sql._record_function("default") is None
+    # A minute later.
+    monotonic = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic() + 60)
+    with CaptureQueriesContext(connection) as queries:
+        written, _loaded = OutboxMessage.objects.record_attempts(
+            [(first, attempt_for(first, "u0@example.com", "250 ok"))],
+            then_load=[second],
+        )
+    assert (written, len(function_calls(queries))) == ({first.pk}, 1)
