@@ -349,3 +349,65 @@ def test_a_worker_running_before_migrate_finds_the_function_later(
             then_load=[second],
         )
     assert (written, len(function_calls(queries))) == ({first.pk}, 1)
+
+
+def pg_proc_version():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT xmin::text FROM pg_proc WHERE oid = to_regprocedure(%s)",
+            [signature()],
+        )
+        row = cursor.fetchone()
+    return row and row[0]
+
+
+def test_migrate_leaves_the_function_alone_when_it_is_there(postgresql):
+    # Not replaced: the sessions running it keep their plans, and a role
+    # that doesn't own it can migrate.
+    before = pg_proc_version()
+    _sql.install_record_function("default")
+    assert pg_proc_version() == before
+    # Unless it isn't this version's text: then it is.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE OR REPLACE FUNCTION {signature()} RETURNS TABLE "
+            "(o_kind text, o_id bigint, o_size integer, o_mime bytea) "
+            "LANGUAGE sql AS $$ SELECT 'w', 0::bigint, NULL::integer, NULL::bytea $$"
+        )
+    _sql.install_record_function("default")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT lanname, prosrc FROM pg_proc JOIN pg_language l "
+            "ON l.oid = prolang WHERE pg_proc.oid = to_regprocedure(%s)",
+            [signature()],
+        )
+        assert cursor.fetchone() == (
+            "plpgsql",
+            _sql._record_function_parts("default")[1],
+        )
+
+
+class NoOutboxHere:
+    def allow_migrate(self, db, app_label, **hints):
+        return app_label != "django_mailkit"
+
+
+def test_migrate_installs_it_only_where_the_router_puts_the_outbox(
+    postgresql, settings
+):
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+    settings.DATABASE_ROUTERS = [f"{__name__}.NoOutboxHere"]
+    _sql.install_record_function("default")
+    assert pg_proc_version() is None
+    settings.DATABASE_ROUTERS = []
+    _sql.install_record_function("default")
+    assert pg_proc_version() is not None
+
+
+def test_elsewhere_than_postgresql_migrate_installs_nothing():
+    if connection.vendor == "postgresql":
+        pytest.skip("the other databases (the SQLite pass)")
+    with CaptureQueriesContext(connection) as queries:
+        _sql.install_record_function("default")
+    assert len(queries) == 0
