@@ -42,6 +42,7 @@ import hashlib
 import io
 import itertools
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -572,7 +573,24 @@ def install_record_function(using: str, **kwargs: Any) -> None:
         )
         row = cursor.fetchone()
         if row is None or not row[0]:
-            cursor.execute(create)
+            try:
+                with transaction.atomic(using=using):
+                    cursor.execute(create)
+            except DatabaseError as error:
+                if _sqlstate(error) != _INSUFFICIENT_PRIVILEGE:
+                    raise
+                # Not worth failing migrate for (a role that may migrate
+                # nothing new, at a container's start): workers send the
+                # statement itself.
+                if kwargs.get("verbosity", 1) >= 1:
+                    stdout = kwargs.get("stdout") or sys.stdout
+                    reason = str(error).splitlines()[0]
+                    stdout.write(
+                        f"django_mailkit: the outbox's record function "
+                        f"{name} was not installed on {using!r} ({reason}); "
+                        f"workers send the statement itself. Run migrate as "
+                        f"a role that may create functions to install it.\n"
+                    )
     _available.pop(using, None)
 
 

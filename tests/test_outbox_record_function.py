@@ -411,3 +411,29 @@ def test_elsewhere_than_postgresql_migrate_installs_nothing():
     with CaptureQueriesContext(connection) as queries:
         _sql.install_record_function("default")
     assert len(queries) == 0
+
+
+def test_a_role_that_may_not_create_it_migrates_all_the_same(postgresql):
+    import io
+
+    role = f"{connection.settings_dict['NAME']}_deploy"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            # Its tables, but no CREATE on the schema (PostgreSQL 15+'s
+            # default for a role that doesn't own it).
+            cursor.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC")
+            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            cursor.execute(f"SET ROLE {role}")
+            stdout = io.StringIO()
+            _sql.install_record_function("default", verbosity=1, stdout=stdout)
+            assert pg_proc_version() is None
+            assert "record function" in stdout.getvalue()
+            assert "permission denied for schema public" in stdout.getvalue()
+            assert stdout.getvalue().count("\n") == 1
+            assert _sql._record_function("default") is None
+        finally:
+            cursor.execute("RESET ROLE")
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
