@@ -218,7 +218,8 @@ def test_a_function_dropped_while_a_worker_runs_is_noticed(postgresql):
 
 
 def test_a_role_that_may_not_execute_it_sends_the_statement(postgresql):
-    role = f"{connection.settings_dict['NAME']}_worker"
+    # Quoted: tox's database names hold a "-".
+    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_worker")
     first, second = claimed_group(2)
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE ROLE {role} NOLOGIN")
@@ -416,7 +417,8 @@ def test_elsewhere_than_postgresql_migrate_installs_nothing():
 def test_a_role_that_may_not_create_it_migrates_all_the_same(postgresql):
     import io
 
-    role = f"{connection.settings_dict['NAME']}_deploy"
+    # Quoted: tox's database names hold a "-".
+    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_deploy")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {signature()}")
         cursor.execute(f"CREATE ROLE {role} NOLOGIN")
