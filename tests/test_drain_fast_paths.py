@@ -1,0 +1,196 @@
+"""
+The drain path's shortcuts give exactly what the long way gives.
+
+A worker spends its CPU per message, so a few steps of the drain path take
+a shorter road than the general code (or Django's) would: each test here
+compares a shortcut with the long way on many inputs, the odd ones
+included.
+"""
+
+import itertools
+import random
+import re
+
+import pytest
+from django.db import models
+
+from django_mailkit import delivery
+from django_mailkit.envelope import envelope_address
+from django_mailkit.models import (
+    CLAIMED_FIELDS,
+    Attempt,
+    OutboxMessage,
+    RecipientStatus,
+)
+from django_mailkit.smtp_session import (
+    Envelope,
+    Job,
+    Reply,
+    Transmission,
+    accepted,
+    decode_reply,
+)
+
+# --- OutboxMessage.from_db(): a row with deferred fields ---------------------
+
+
+def _attributes(message):
+    values = {k: v for k, v in vars(message).items() if k != "_state"}
+    return values, message.get_deferred_fields(), message._state.db
+
+
+def _field_sets():
+    names = [f.attname for f in OutboxMessage._meta.concrete_fields]
+    yield ["id", *[n for n in names if n in CLAIMED_FIELDS and n != "id"]]
+    yield names  # every field: not deferred at all
+    yield names[:1]
+    yield names[-1:]
+    for name in names:
+        yield [name]
+        yield [n for n in names if n != name]
+    rng = random.Random(5)
+    for _ in range(200):
+        yield [n for n in names if rng.random() < 0.5]
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_from_db_makes_the_message_djangos_from_db_makes(as_list):
+    for names in _field_sets():
+        # Distinct values, in the model's field order, as from_db() takes them.
+        values = [f"value of {name}" for name in names]
+        row = values if as_list else tuple(values)
+        ours = OutboxMessage.from_db("default", names, row)
+        djangos = models.Model.from_db.__func__(OutboxMessage, "default", names, row)
+        assert _attributes(ours) == _attributes(djangos), names
+        assert ours._state.adding is djangos._state.adding is False
+
+
+def test_from_db_loads_claimed_rows_the_orm_way(db):
+    message = OutboxMessage.objects.create(
+        queued_via="default",
+        mailer="smtp",
+        from_email="a@example.com",
+        mime=b"x",
+        size=1,
+    )
+    loaded = OutboxMessage.objects.only(*CLAIMED_FIELDS).get(pk=message.pk)
+    assert loaded.get_deferred_fields() == {
+        f.attname
+        for f in OutboxMessage._meta.concrete_fields
+        if f.attname not in CLAIMED_FIELDS
+    }
+    assert (loaded.mailer, loaded.from_email, loaded.size) == (
+        "smtp",
+        "a@example.com",
+        1,
+    )
+    assert bytes(loaded.mime) == b"x"  # a deferred field still loads on use
+
+
+# --- decode_reply(): a printable text is returned as it is --------------------
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+
+
+def _texts():
+    # Every code point of the first planes' interesting ranges, alone and
+    # inside a reply, and random mixtures.
+    points = [
+        *range(0x2000),
+        *range(0x2000, 0x2100),
+        *range(0xD7F0, 0xE010),
+        *range(0xFFF0, 0x10000),
+        0x10FFFF,
+        0xE0001,
+    ]
+    for point in points:
+        yield chr(point)
+        yield f"250 2.0.0 Ok{chr(point)}queued"
+    rng = random.Random(7)
+    for _ in range(2000):
+        yield "".join(chr(rng.choice(points)) for _ in range(rng.randrange(12)))
+
+
+def test_decode_reply_replaces_what_the_regex_replaces():
+    for text in _texts():
+        assert decode_reply(text) == _CONTROL.sub("\ufffd", text), repr(text)
+        data = text.encode("utf-8", "surrogatepass")
+        expected = _CONTROL.sub("\ufffd", data.decode("utf-8", "replace"))
+        assert decode_reply(data) == expected, repr(data)
+
+
+def test_decode_reply_of_a_str_subclass_is_a_plain_str():
+    class Text(str):
+        pass
+
+    assert type(decode_reply(Text("250 Ok"))) is str
+
+
+# --- Job.finished: whether any recipient is still to be tried ---------------
+
+
+def test_job_finished_is_whether_todo_is_empty():
+    a, b, c = (envelope_address(f"{n}@example.com") for n in "abc")
+    reply = Reply(250, b"Ok")
+    for recipients in ([a], [a, b, c], [a, b, a], []):
+        for in_replies, in_flight in itertools.product(
+            itertools.chain.from_iterable(
+                itertools.combinations([a, b, c], k) for k in range(4)
+            ),
+            repeat=2,
+        ):
+            for error in (None, OSError("lost")):
+                job = Job(Envelope(a, list(recipients), False), b"x")
+                job.result.replies.update(dict.fromkeys(in_replies, reply))
+                job._in_flight.update(set(in_flight) - set(in_replies))
+                job.result.error = error
+                assert job.finished == (error is not None or not job.todo())
+
+
+# --- _smtp_outcome(): one pass over the replies --------------------------------
+
+
+def _kind_the_long_way(codes, error):
+    codes = [c for c in codes if c is not None]
+    temporary = any(400 <= c < 500 or not 100 <= c <= 599 for c in codes)
+    if error is not None or temporary:
+        return Attempt.Outcome.RETRY
+    if all(accepted(c) for c in codes):
+        return Attempt.Outcome.SENT
+    if any(accepted(c) for c in codes):
+        return Attempt.Outcome.PARTIAL
+    return Attempt.Outcome.FAILED
+
+
+def test_smtp_outcome_classifies_as_the_any_and_all_of_the_codes():
+    addresses = [envelope_address(f"r{n}@example.com") for n in range(3)]
+    envelope = Envelope(addresses[0], addresses, False)
+    codes = [250, 251, 252, 354, 421, 450, 452, 550, 553, 554, -1, 0, 99, 600, 999]
+    for count in range(4):
+        for combination in itertools.product(codes, repeat=count):
+            for error in (None, ConnectionError("lost")):
+                replies = {
+                    address: Reply(code, b"text")
+                    for address, code in zip(addresses, combination, strict=False)
+                }
+                outcome = delivery._smtp_outcome(
+                    Transmission(replies, error=error), envelope
+                )
+                assert outcome.kind == _kind_the_long_way(combination, error), (
+                    combination,
+                    error,
+                )
+
+
+# --- The enum members the per-message code uses --------------------------------
+
+
+@pytest.mark.parametrize(
+    "copy, enum",
+    [(delivery._Kind, Attempt.Outcome), (delivery._State, RecipientStatus)],
+)
+def test_the_members_copies_are_the_members(copy, enum):
+    names = [name for name in vars(copy) if name.isupper()]
+    assert names
+    for name in names:
+        assert getattr(copy, name) is enum[name]
