@@ -194,3 +194,57 @@ def test_the_members_copies_are_the_members(copy, enum):
     assert names
     for name in names:
         assert getattr(copy, name) is enum[name]
+
+
+# --- envelope_address(): a plain address's path, without _path()'s checks ----
+
+_ATEXT = "abcXYZ0189!#$%&'*+/=?^_`{|}~-"
+_LABEL_START = "aZ09_"
+_LABEL_INNER = "aZ09_-"
+
+
+def _simple_addresses():
+    rng = random.Random(11)
+
+    def atom():
+        return "".join(rng.choice(_ATEXT) for _ in range(rng.randrange(1, 6)))
+
+    def label():
+        length = rng.choice([1, 2, 3, 10, 62, 63, 64])
+        if length == 1:
+            return rng.choice(_LABEL_START)
+        inner = "".join(rng.choice(_LABEL_INNER) for _ in range(length - 2))
+        return rng.choice(_LABEL_START) + inner + rng.choice(_LABEL_START)
+
+    for _ in range(3000):
+        local = ".".join(atom() for _ in range(rng.randrange(1, 4)))
+        domain = ".".join(label() for _ in range(rng.randrange(1, 6)))
+        if rng.random() < 0.1:
+            # Around the 253-character limit of a domain.
+            domain = ".".join(["a" * 63] * 3 + ["b" * rng.randrange(58, 63)])
+        yield f"{local}@{domain}"
+        yield f"Some Name <{local}@{domain}>"
+
+
+def test_a_plain_address_gets_the_path_the_checks_would_give():
+    from django_mailkit import envelope
+
+    for text in _simple_addresses():
+        match = envelope._SIMPLE.fullmatch(text)
+        try:
+            # The long way, uncached: every check of the parts.
+            expected = envelope._path.__wrapped__("", match["local"], match["domain"])
+        except envelope._Reason as reason:
+            expected = reason
+        except TypeError:  # no match: not a plain address
+            continue
+        try:
+            got = envelope._parse.__wrapped__(text)
+        except envelope._Reason as reason:
+            got = reason
+        if isinstance(expected, Exception):
+            assert isinstance(got, Exception), text
+            assert str(got) == str(expected), text
+        else:
+            assert type(got) is type(expected) is envelope.EnvelopeAddress, text
+            assert got == expected, text
