@@ -293,6 +293,7 @@ def deliver_batch(
     begun: dict[int, bool] = {}
     try:
         for index, record in enumerate(messages):
+            pk = record.pk
             if stopping():
                 recorder.flush()
                 for rest in messages[index:]:
@@ -301,31 +302,31 @@ def deliver_batch(
                     else:
                         result.add(Result.LEASE_LOST, rest.pk)
                 break
-            if record.pk not in begun:
+            if pk not in begun:
                 group = _admitted(gate, recorder, _group(messages, index), pending)
                 if not group:
                     # Its mailer's limits can't let it go before half the
                     # lease is spent: back to the queue, untried, uncharged.
                     if record.release():
-                        result.add(Result.RELEASED, record.pk)
+                        result.add(Result.RELEASED, pk)
                     else:
-                        result.add(Result.LEASE_LOST, record.pk)
+                        result.add(Result.LEASE_LOST, pk)
                     continue
                 begun.update(recorder.begin(group))
             elif recorder.due():
                 recorder.flush()
             # The fence before the send: a worker paused past its lease
             # learns here that the message is someone else's now.
-            if not begun[record.pk] or not _lease_held(record, lease):
+            if not begun[pk] or not _lease_held(record, lease):
                 _lease_lost(record, worker, "before sending")
-                result.add(Result.LEASE_LOST, record.pk)
+                result.add(Result.LEASE_LOST, pk)
                 continue
             started = timezone.now()
             backend: BaseEmailBackend | Exception | None = None
             try:
-                if pending[record.pk]:
+                if pending[pk]:
                     backend = _connection_for(record.mailer, connections)
-                    outcome = _attempt(record, backend, pending[record.pk], lease)
+                    outcome = _attempt(record, backend, pending[pk], lease)
                 else:
                     # Nobody left to send to (all suppressed): no connection.
                     outcome = Outcome(_Kind.SENT)
@@ -340,11 +341,11 @@ def deliver_batch(
                 outcome,
                 worker=worker,
                 started=started,
-                pending=pending[record.pk],
-                delivered_before=record.pk in delivered_before,
-                failed_before=record.pk in failed_before,
-                suppressed=suppressed.get(record.pk, {}),
-                suppressed_before=record.pk in suppressed_before,
+                pending=pending[pk],
+                delivered_before=pk in delivered_before,
+                failed_before=pk in failed_before,
+                suppressed=suppressed.get(pk, {}),
+                suppressed_before=pk in suppressed_before,
             )
             recorder.add(record, attempt, outcome)
             if index + 1 < len(messages) and stopping():
@@ -554,24 +555,25 @@ class _Recorder:
             if then_load:
                 begun = OutboxMessage.objects.load_group(then_load)
         for record, attempt in outcomes:
-            outcome = self.outcomes.pop(record.pk, None)
-            if record.pk not in written:
+            pk = record.pk
+            outcome = self.outcomes.pop(pk, None)
+            if pk not in written:
                 # Sent, but another worker holds the message now: its record
                 # stands (docs/topics/outbox.rst, on the one window for a
                 # duplicate).
                 _lease_lost(record, self.worker, "after sending")
-                self.result.add(Result.LEASE_LOST, record.pk)
+                self.result.add(Result.LEASE_LOST, pk)
                 continue
             if outcome is not None and outcome.refused_at_rcpt:
                 _suppress_refused(record, outcome)
             if attempt.outcome != _Kind.SENT:
                 logger.warning(
                     "Outbox message %s: %s. %s",
-                    record.pk,
+                    pk,
                     attempt.outcome.label,
                     attempt.error,
                 )
-            self.result.add(_RESULTS[attempt.outcome], record.pk)
+            self.result.add(_RESULTS[attempt.outcome], pk)
         return {message.pk: message.pk in begun for message in then_load}
 
 
