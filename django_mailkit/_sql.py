@@ -174,19 +174,19 @@ def record_attempts_postgresql(
         try:
             cursor.execute(*_group_statement(db, changes, then_load, function))
         except DatabaseError as error:
-            if function is None:
-                raise
-            # Dropped by hand, or this role may no longer run it: ask again
-            # next time. Outside a transaction nothing was written and
-            # nothing is left aborted, so the statement itself goes now.
-            _available.pop(db, None)
-            in_transaction = connection.in_atomic_block or not (
-                connection.get_autocommit()
-            )
-            if in_transaction or _sqlstate(error) not in (
+            if function is None or _sqlstate(error) not in (
                 _UNDEFINED_FUNCTION,
                 _INSUFFICIENT_PRIVILEGE,
             ):
+                raise
+            # Dropped by hand, or this role may not run it (or not update
+            # every column it names, when its privileges are per column):
+            # the statement itself, until asked again (_record_function).
+            _available[db] = None
+            _refused_at[db] = time.monotonic()
+            # Outside a transaction nothing was written and nothing is left
+            # aborted, so it goes now.
+            if connection.in_atomic_block or not connection.get_autocommit():
                 raise
             cursor.execute(*_group_statement(db, changes, then_load, None))
         large = []

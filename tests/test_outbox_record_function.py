@@ -439,3 +439,36 @@ def test_a_role_that_may_not_create_it_migrates_all_the_same(postgresql):
             cursor.execute("RESET ROLE")
             cursor.execute(f"DROP OWNED BY {role}")
             cursor.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_that_may_update_only_some_columns_sends_the_statement(postgresql):
+    # The function's UPDATE names every column it can set; the statement
+    # only those a group sets: refused once, then the statement for a while.
+    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_cols")
+    first, second = claimed_group(2)
+    sets = ", ".join(
+        connection.ops.quote_name(OutboxMessage._meta.get_field(name).column)
+        for name in first.outcome_fields(attempt_for(first, "u0@example.com", "ok"))
+    )
+    table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            cursor.execute(f"REVOKE UPDATE ON {table} FROM {role}")
+            cursor.execute(f"GRANT UPDATE ({sets}) ON {table} TO {role}")
+            cursor.execute(f"SET ROLE {role}")
+            calls = []
+            for i, record in enumerate((first, second)):
+                with CaptureQueriesContext(connection) as queries:
+                    written, _loaded = OutboxMessage.objects.record_attempts(
+                        [(record, attempt_for(record, f"u{i}@example.com", "250 ok"))]
+                    )
+                assert written == {record.pk}
+                calls.append(len(function_calls(queries)))
+            assert calls == [1, 0]
+        finally:
+            cursor.execute("RESET ROLE")
+            cursor.execute(f"DROP OWNED BY {role}")
+            cursor.execute(f"DROP ROLE {role}")
