@@ -451,7 +451,9 @@ def _statement(
 def _function_fields(db: str) -> tuple[str, ...]:
     """
     The message columns the function can set: every one but the primary
-    key and the bytes, so that a new state change needs no new function.
+    key, the bytes and any the database computes (a ``GeneratedField``,
+    which an UPDATE may not set), so that a new state change needs no new
+    function.
     """
     from .models import OutboxMessage
 
@@ -459,7 +461,9 @@ def _function_fields(db: str) -> tuple[str, ...]:
         sorted(
             f.name
             for f in OutboxMessage._meta.concrete_fields
-            if not f.primary_key and f.name != "mime"
+            if not f.primary_key
+            and f.name != "mime"
+            and not getattr(f, "generated", False)
         )
     )
 
