@@ -938,7 +938,7 @@ def _classify(
             error = error or "Not sent: every recipient is suppressed."
     # The one place an attempt's texts and codes are made storable: text
     # columns take no NUL, code columns only real reply codes.
-    return AttemptRecord(
+    return AttemptRecord.of(
         outcome=kind,
         attempt_outcome=this_attempt or kind,
         worker=worker,

@@ -248,3 +248,70 @@ def test_a_plain_address_gets_the_path_the_checks_would_give():
         else:
             assert type(got) is type(expected) is envelope.EnvelopeAddress, text
             assert got == expected, text
+
+
+# --- AttemptRecord.of() and outcome_fields() ------------------------------------
+
+
+def _record_fields(**changes):
+    from django.utils import timezone
+
+    now = timezone.now()
+    fields = {
+        "outcome": Attempt.Outcome.SENT,
+        "attempt_outcome": Attempt.Outcome.PARTIAL,
+        "worker": "w",
+        "started_at": now,
+        "finished_at": now,
+        "error": "e",
+        "attempt_error": "ae",
+        "smtp_code": 250,
+        "smtp_reply": "ok",
+        "replies": {"a@example.com": (250, "ok")},
+        "recipients": {"a@example.com": ("sent", 250, "ok")},
+    }
+    return {**fields, **changes}
+
+
+def test_attempt_record_of_every_field_is_the_constructors_record():
+    import dataclasses
+
+    from django_mailkit.models import AttemptRecord
+
+    fields = _record_fields()
+    assert set(fields) == {f.name for f in dataclasses.fields(AttemptRecord)}
+    fast, slow = AttemptRecord.of(**fields), AttemptRecord(**fields)
+    assert fast == slow and vars(fast) == vars(slow)
+    assert dataclasses.replace(fast, error="x") == dataclasses.replace(slow, error="x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.error = "changed"
+    # Not every field, or an unknown one: the constructor's own defaults and
+    # errors.
+    some = {k: v for k, v in fields.items() if k not in ("error", "replies")}
+    assert AttemptRecord.of(**some) == AttemptRecord(**some)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        AttemptRecord.of(**fields, colour="red")
+
+
+def test_outcome_fields_set_the_status_the_outcome_names():
+    from django_mailkit.models import Status
+
+    message = OutboxMessage(attempts=1, requeued_attempts=0)
+    for outcome in Attempt.Outcome:
+        if outcome == Attempt.Outcome.RETRY:
+            continue
+        record = _attempt_record(outcome)
+        try:
+            expected = Status(outcome)
+        except ValueError as exc:
+            with pytest.raises(ValueError, match=str(exc)):
+                message.outcome_fields(record)
+            continue
+        status = message.outcome_fields(record)["status"]
+        assert status == expected and type(status) is Status
+
+
+def _attempt_record(outcome):
+    from django_mailkit.models import AttemptRecord
+
+    return AttemptRecord.of(**_record_fields(outcome=outcome))
