@@ -206,6 +206,8 @@ _RESULTS = {
     Kind.FAILED: Result.FAILED,
     Kind.SUPPRESSED: Result.SUPPRESSED,
 }
+#: The BatchResult list of each kind of outcome recorded.
+_KIND_LISTS = {kind: _BATCH_LISTS[result] for kind, result in _RESULTS.items()}
 
 
 @dataclass(kw_only=True)
@@ -573,7 +575,9 @@ class _Recorder:
                     attempt.outcome.label,
                     attempt.error,
                 )
-            self.result.add(_RESULTS[attempt.outcome], pk)
+            # (BatchResult.add(_RESULTS[attempt.outcome], pk), without
+            # hashing a Result: Enum's __hash__ is Python code.)
+            getattr(self.result, _KIND_LISTS[attempt.outcome]).append(pk)
         return {message.pk: message.pk in begun for message in then_load}
 
 

@@ -315,3 +315,12 @@ def _attempt_record(outcome):
     from django_mailkit.models import AttemptRecord
 
     return AttemptRecord.of(**_record_fields(outcome=outcome))
+
+
+def test_each_outcome_is_listed_where_batch_result_add_lists_it():
+    for kind, result in delivery._RESULTS.items():
+        batch = delivery.BatchResult()
+        batch.add(result, 7)
+        assert getattr(batch, delivery._KIND_LISTS[kind]) == [7]
+        assert batch.of(7) is result
+    assert set(delivery._KIND_LISTS) == set(delivery._RESULTS)
