@@ -186,13 +186,16 @@ def _path(display_name: str, local: str, domain: str) -> EnvelopeAddress:
 def _parse(text: str) -> EnvelopeAddress:
     """The SMTP path of one address given as text; raises _Reason."""
     simple = _SIMPLE.fullmatch(text)
-    if simple and len(simple["domain"]) <= 253:
+    if simple and len(simple["domain"]) <= 253 and "=?" not in text:
         # What _path("", local, domain) returns, without its checks: they
         # can't fail. The local part is ASCII atoms joined by dots (a
         # dot-string, sent as it is), the domain ASCII host name labels of
         # at most 253 characters, and neither holds a control character.
         # (Every address of a batch is new to the caches: this is half of
         # checking one. A test compares the two on many addresses.)
+        # Not with "=?": the parser decodes RFC 2047 encoded words (in the
+        # display name, say), and a CR LF, a NUL or an unknown charset in
+        # one is a defect that refuses the address, as Django refuses it.
         return EnvelopeAddress(f"{simple['local']}@{simple['domain']}", _seal=_SEAL)
     if _CONTROL.search(text):
         raise _Reason("it contains a control character or line break")

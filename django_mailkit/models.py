@@ -22,7 +22,6 @@ from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from django.apps import apps
 from django.db import connections, models, router, transaction
 from django.db.models import DEFERRED, Exists, F, OuterRef, Q
 from django.utils import timezone
@@ -459,20 +458,23 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
 @functools.lru_cache(maxsize=64)
 def _full_row(
-    label: str, field_names: tuple[str, ...]
-) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    model: type[models.Model], field_names: tuple[str, ...]
+) -> tuple[int, Callable[[tuple[Any, ...]], tuple[Any, ...]]]:
     """
-    The getter of a complete row of the model ``label``, from a row that
-    holds the values of ``field_names`` only and then ``DEFERRED``.
+    The getter of a complete row of ``model``, from a row that holds the
+    values of ``field_names`` only and then ``DEFERRED``; and how many
+    values such a row holds.
 
     As ``Model.from_db()`` takes a row: the values are those of the model's
     fields in ``field_names``, in the model's field order; every other
-    field is ``DEFERRED``.
+    field is ``DEFERRED``. Keyed by the class itself, not its label: a
+    subclass defined outside the app registry (``isolate_apps()``, a
+    custom ``Apps``) has its own fields, and no entry there.
     """
     loaded = set(field_names)
     positions: list[int] = []
     count = 0
-    for f in apps.get_model(label)._meta.concrete_fields:
+    for f in model._meta.concrete_fields:
         if f.attname in loaded:
             positions.append(count)
             count += 1
@@ -480,8 +482,8 @@ def _full_row(
             positions.append(-1)  # the DEFERRED after the values
     getter = operator.itemgetter(*positions)
     if len(positions) == 1:
-        return lambda row: (getter(row),)
-    return getter
+        return count, lambda row: (getter(row),)
+    return count, getter
 
 
 class OutboxMessage(models.Model):
@@ -590,7 +592,11 @@ class OutboxMessage(models.Model):
         # per row (a getter made once per set of names); Django takes it
         # from there (``_full_row()``'s test checks they agree).
         if len(values) != len(cls._meta.concrete_fields):
-            values = _full_row(cls._meta.label, tuple(field_names))((*values, DEFERRED))
+            count, full_row = _full_row(cls, tuple(field_names))
+            # A row of another length than its names is a caller's mistake:
+            # Django's from_db() then does (and raises) what it does.
+            if len(values) == count:
+                values = full_row((*values, DEFERRED))
         return super().from_db(db, field_names, values, **kwargs)
 
     def parsed(self, policy: email.policy.Policy = email.policy.default) -> Any:

@@ -13,9 +13,10 @@ import re
 
 import pytest
 from django.db import models
+from django.test.utils import isolate_apps
 
-from django_mailkit import delivery
-from django_mailkit.envelope import envelope_address
+from django_mailkit import delivery, envelope
+from django_mailkit.envelope import InvalidAddress, envelope_address
 from django_mailkit.models import (
     CLAIMED_FIELDS,
     Attempt,
@@ -85,6 +86,76 @@ def test_from_db_loads_claimed_rows_the_orm_way(db):
         1,
     )
     assert bytes(loaded.mime) == b"x"  # a deferred field still loads on use
+
+
+def _made(make, *args):
+    try:
+        return _attributes(make(*args))
+    except Exception as exc:  # compared with Django's
+        return type(exc)
+
+
+def test_from_db_with_a_row_of_the_wrong_length_does_what_djangos_does():
+    # A caller's mistake (more or fewer values than loaded names) is not
+    # hidden: the message is what Django's from_db() makes, or its error.
+    names = [f.attname for f in OutboxMessage._meta.concrete_fields][::2]
+    for extra in (-3, -2, -1, 1, 2):
+        values = [f"value {n}" for n in range(len(names) + extra)]
+        ours = _made(OutboxMessage.from_db, "default", names, values)
+        djangos = _made(
+            models.Model.from_db.__func__, OutboxMessage, "default", names, values
+        )
+        assert ours == djangos, extra
+
+
+@isolate_apps("django_mailkit")
+def test_from_db_of_a_subclass_the_app_registry_does_not_know():
+    # A proxy, or a model with more fields, defined in another registry (as
+    # isolate_apps() does): its own fields, not a registered model's.
+    class Proxy(OutboxMessage):
+        class Meta:
+            proxy = True
+            app_label = "django_mailkit"
+
+    class Child(OutboxMessage):
+        note = models.TextField()
+
+        class Meta:
+            app_label = "django_mailkit"
+
+    for model in (Proxy, Child):
+        names = [f.attname for f in model._meta.concrete_fields]
+        for loaded in (names[:3], names[-3:], names[1::2]):
+            values = [f"value of {name}" for name in loaded]
+            ours = model.from_db("default", loaded, values)
+            djangos = models.Model.from_db.__func__(model, "default", loaded, values)
+            assert type(ours) is model
+            assert _attributes(ours) == _attributes(djangos), (model, loaded)
+    _assert_the_shortcut_completes_the_row(Proxy, Child)
+
+
+def test_the_shortcut_hands_django_a_complete_row():
+    # Not only the same message: the shortcut is taken (Django's own loop
+    # over the fields, the cost it saves, never runs), whatever is loaded.
+    _assert_the_shortcut_completes_the_row(OutboxMessage, field_sets=_field_sets())
+
+
+def _assert_the_shortcut_completes_the_row(*classes, field_sets=None):
+    djangos = models.Model.from_db.__func__
+    rows, expected = [], []
+
+    def from_db(cls, db, field_names, values, **kwargs):
+        rows.append((cls, len(values)))
+        return djangos(cls, db, field_names, values, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models.Model, "from_db", classmethod(from_db))
+        for model in classes:
+            names = [f.attname for f in model._meta.concrete_fields]
+            for loaded in field_sets or (names[:1], names[1::2], names[-2:]):
+                model.from_db("default", loaded, [None] * len(loaded))
+                expected.append((model, len(names)))
+    assert rows == expected
 
 
 # --- decode_reply(): a printable text is returned as it is --------------------
@@ -227,7 +298,6 @@ def _simple_addresses():
 
 
 def test_a_plain_address_gets_the_path_the_checks_would_give():
-    from django_mailkit import envelope
 
     for text in _simple_addresses():
         match = envelope._SIMPLE.fullmatch(text)
@@ -324,3 +394,65 @@ def test_each_outcome_is_listed_where_batch_result_add_lists_it():
         assert getattr(batch, delivery._KIND_LISTS[kind]) == [7]
         assert batch.of(7) is result
     assert set(delivery._KIND_LISTS) == set(delivery._RESULTS)
+
+
+# --- _parse(): the plain-address shortcut and the full parser agree -----------
+
+# Encoded words (RFC 2047) are text the simple pattern matches, but the
+# parser decodes them, and may find a line break, a NUL or an unknown
+# charset inside: Django refuses such an address, and so must we.
+_ENCODED_WORDS = [
+    "=?utf-8?q?a=0D=0Ab?= <a@example.com>",
+    "=?utf-8?q?a=00b?= <a@example.com>",
+    "=?utf-8?b?AAAA?= <a@example.com>",
+    "=?utf-8?q?=E2=80=A8?= <a@example.com>",
+    "=?utf-8?q?=C2=85?= <a@example.com>",
+    "=?x-bogus?q?ab?= <a@example.com>",
+    "=?utf-8?q?a?=x <a@example.com>",
+    "x =?utf-8?q?=0A?= <a@example.com>",
+    "=?utf-8?q?a?=@example.com",
+    "a <=?utf-8?q?a?=@example.com>",
+    # Accepted both ways:
+    "=?utf-8?Q?Andr=C3=A9?= <a@example.com>",
+    "a=?utf-8?q?=0A?= <a@example.com>",
+    "a=?b@example.com",
+]
+
+
+def _hostile_simple_texts():
+    yield from _ENCODED_WORDS
+    pieces = [
+        *"aZ9!#$%&'*+/=?^_`{|}~-qQbB",
+        *["=?", "?=", "=?utf-8?q?", "=?utf-8?b?", "=?us-ascii?Q?", "=?bogus?q?"],
+        *["=0D", "=0A", "=00", "=E2=80=A8", "AAAA"],
+    ]
+    rng = random.Random(13)
+    for _ in range(4000):
+        name = " ".join(
+            "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 4)))
+            for _ in range(rng.randrange(3))
+        )
+        local = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 5)))
+        yield f"{name} <{local}@example.com>" if name else f"{local}@example.com"
+
+
+def _outcome(parse, text):
+    try:
+        return str(parse(text))
+    except envelope._Reason as reason:
+        return reason.__class__, str(reason)
+
+
+def test_a_simple_looking_address_gets_what_the_full_parser_gives(monkeypatch):
+    texts = [t for t in _hostile_simple_texts() if envelope._SIMPLE.fullmatch(t)]
+    assert len(texts) > 2000
+    shortcut = {text: _outcome(envelope._parse.__wrapped__, text) for text in texts}
+    # The long way: the simple pattern never matches.
+    monkeypatch.setattr(envelope, "_SIMPLE", re.compile("(?!)"))
+    for text in texts:
+        assert shortcut[text] == _outcome(envelope._parse.__wrapped__, text), text
+    # And as a caller sees it: a one-line error that names the address.
+    monkeypatch.undo()
+    envelope._parse.cache_clear()
+    with pytest.raises(InvalidAddress, match=r"non-printables.*\(from_email\)"):
+        envelope_address(_ENCODED_WORDS[0], field="from_email")
