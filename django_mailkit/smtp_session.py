@@ -164,9 +164,9 @@ class Job:
     _in_flight: set[EnvelopeAddress] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        sender, recipients, _ = self.envelope
-        _check_path(sender)
-        for path in recipients:
+        envelope = self.envelope
+        _check_path(envelope.sender)
+        for path in envelope.recipients:
             if type(path) is not EnvelopeAddress:
                 _check_path(path)  # raises
         self.data = _crlf(self.data)
