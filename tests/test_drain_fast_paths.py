@@ -88,6 +88,31 @@ def test_from_db_loads_claimed_rows_the_orm_way(db):
     assert bytes(loaded.mime) == b"x"  # a deferred field still loads on use
 
 
+@pytest.mark.skipif(
+    not hasattr(models, "FETCH_PEERS"), reason="fetch modes are new in Django 6.1"
+)
+def test_from_db_keeps_the_querysets_fetch_mode(db, django_assert_num_queries):
+    # Django 6.1 passes the queryset's fetch mode to from_db(): with
+    # FETCH_PEERS, a deferred field is loaded for every message at once.
+    for n in range(3):
+        OutboxMessage.objects.create(
+            queued_via="default",
+            mailer="smtp",
+            from_email="a@example.com",
+            mime=b"x",
+            subject=f"subject {n}",
+        )
+    loaded = list(
+        OutboxMessage.objects.fetch_mode(models.FETCH_PEERS)
+        .only(*CLAIMED_FIELDS)
+        .order_by("pk")
+    )
+    assert "subject" not in CLAIMED_FIELDS
+    assert [m._state.fetch_mode for m in loaded] == [models.FETCH_PEERS] * 3
+    with django_assert_num_queries(1):
+        assert [m.subject for m in loaded] == ["subject 0", "subject 1", "subject 2"]
+
+
 def _made(make, *args):
     try:
         return _attributes(make(*args))
