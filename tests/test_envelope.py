@@ -13,7 +13,7 @@ from email.headerregistry import Address
 
 import pytest
 from django.utils.functional import lazy
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from django_mailkit.envelope import (
@@ -192,8 +192,21 @@ _LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
     domain=st.lists(_LABEL, min_size=1, max_size=3),
 )
 @settings(max_examples=200, deadline=None)
+# RFC 2047 encoded words look like atoms, but the parser decodes them: a
+# line break or an unknown charset inside refuses the address both ways.
+@example(name=["=?utf-8?q?a=0D=0Ab?="], local=["a"], domain=["example"])
+@example(name=[], local=["=?a", "?q?b?="], domain=["x"])
 def test_fast_path_agrees_with_the_full_parser(name, local, domain):
     addr_spec = f"{'.'.join(local)}@{'.'.join(domain)}"
     text = f"{' '.join(name)} <{addr_spec}>" if name else addr_spec
     # A trailing space keeps the text off the fast path.
-    assert envelope_address(text) == envelope_address(text + " ") == addr_spec
+    assert _path_or_reason(text) == _path_or_reason(text + " ")
+    if "=?" not in text:
+        assert envelope_address(text) == addr_spec
+
+
+def _path_or_reason(text):
+    try:
+        return envelope_address(text)
+    except InvalidAddress as exc:
+        return exc.reason
