@@ -206,8 +206,6 @@ _RESULTS = {
     Kind.FAILED: Result.FAILED,
     Kind.SUPPRESSED: Result.SUPPRESSED,
 }
-#: The BatchResult list of each kind of outcome recorded.
-_KIND_LISTS = {kind: _BATCH_LISTS[result] for kind, result in _RESULTS.items()}
 
 
 @dataclass(kw_only=True)
@@ -575,9 +573,7 @@ class _Recorder:
                     attempt.outcome.label,
                     attempt.error,
                 )
-            # (BatchResult.add(_RESULTS[attempt.outcome], pk), without
-            # hashing a Result: Enum's __hash__ is Python code.)
-            getattr(self.result, _KIND_LISTS[attempt.outcome]).append(pk)
+            self.result.add(_RESULTS[attempt.outcome], pk)
         return {message.pk: message.pk in begun for message in then_load}
 
 
@@ -942,7 +938,7 @@ def _classify(
             error = error or "Not sent: every recipient is suppressed."
     # The one place an attempt's texts and codes are made storable: text
     # columns take no NUL, code columns only real reply codes.
-    return AttemptRecord.of(
+    return AttemptRecord(
         outcome=kind,
         attempt_outcome=this_attempt or kind,
         worker=worker,

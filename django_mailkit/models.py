@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import functools
-import operator
 import random
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any
 
 from django.db import connections, models, router, transaction
-from django.db.models import DEFERRED, Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -456,36 +453,6 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         return list(self.using(db).values_list("pk", flat=True))
 
 
-@functools.lru_cache(maxsize=64)
-def _full_row(
-    model: type[models.Model], field_names: tuple[str, ...]
-) -> tuple[int, Callable[[tuple[Any, ...]], tuple[Any, ...]]]:
-    """
-    The getter of a complete row of ``model``, from a row that holds the
-    values of ``field_names`` only and then ``DEFERRED``; and how many
-    values such a row holds.
-
-    As ``Model.from_db()`` takes a row: the values are those of the model's
-    fields in ``field_names``, in the model's field order; every other
-    field is ``DEFERRED``. Keyed by the class itself, not its label: a
-    subclass defined outside the app registry (``isolate_apps()``, a
-    custom ``Apps``) has its own fields, and no entry there.
-    """
-    loaded = set(field_names)
-    positions: list[int] = []
-    count = 0
-    for f in model._meta.concrete_fields:
-        if f.attname in loaded:
-            positions.append(count)
-            count += 1
-        else:
-            positions.append(-1)  # the DEFERRED after the values
-    getter = operator.itemgetter(*positions)
-    if len(positions) == 1:
-        return count, lambda row: (getter(row),)
-    return count, getter
-
-
 class OutboxMessage(models.Model):
     """One message handed to the outbox, with its exact bytes and its state."""
 
@@ -575,29 +542,6 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return self.subject or f"Message {self.pk}"
-
-    @classmethod
-    def from_db(
-        cls,
-        db: str | None,
-        field_names: Collection[str],
-        values: Collection[Any],
-        **kwargs: Any,
-    ) -> Self:
-        # A row with deferred fields (a worker's claim loads CLAIMED_FIELDS
-        # only). Django fills in the deferred ones itself, looking each of
-        # the model's fields up in the list of loaded names (a string
-        # comparison with each name in turn): that was a tenth of a
-        # worker's CPU per message. The same row, complete, in one C call
-        # per row (a getter made once per set of names); Django takes it
-        # from there (``_full_row()``'s test checks they agree).
-        if len(values) != len(cls._meta.concrete_fields):
-            count, full_row = _full_row(cls, tuple(field_names))
-            # A row of another length than its names is a caller's mistake:
-            # Django's from_db() then does (and raises) what it does.
-            if len(values) == count:
-                values = full_row((*values, DEFERRED))
-        return super().from_db(db, field_names, values, **kwargs)
 
     def parsed(self, policy: email.policy.Policy = email.policy.default) -> Any:
         """Return the stored bytes parsed as a Python email message."""
@@ -1063,22 +1007,6 @@ class AttemptRecord:
     #: recipients still pending or deferred are changed.
     recipients: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, **fields: Any) -> AttemptRecord:
-        """
-        ``AttemptRecord(**fields)``, faster when ``fields`` names every field.
-
-        A frozen dataclass's ``__init__`` sets each field through
-        ``object.__setattr__()``: over a third of classifying a message's
-        outcome. Given every field, they are set at once; otherwise this is
-        the constructor.
-        """
-        if fields.keys() != _ATTEMPT_RECORD_FIELDS:
-            return cls(**fields)
-        record = object.__new__(cls)
-        record.__dict__.update(fields)
-        return record
-
     def attempt_fields(self, number: int) -> dict[str, Any]:
         """The Attempt row's fields (without its message)."""
         return {
@@ -1092,10 +1020,6 @@ class AttemptRecord:
             "error": self.attempt_error,
             "recipients": {a: [c, r] for a, (c, r) in self.replies.items()},
         }
-
-
-#: AttemptRecord's fields, for AttemptRecord.of().
-_ATTEMPT_RECORD_FIELDS = frozenset(f.name for f in dataclass_fields(AttemptRecord))
 
 
 class Recipient(models.Model):

@@ -12,13 +12,10 @@ import random
 import re
 
 import pytest
-from django.db import models
-from django.test.utils import isolate_apps
 
 from django_mailkit import delivery, envelope
 from django_mailkit.envelope import InvalidAddress, envelope_address
 from django_mailkit.models import (
-    CLAIMED_FIELDS,
     Attempt,
     OutboxMessage,
     RecipientStatus,
@@ -31,157 +28,6 @@ from django_mailkit.smtp_session import (
     accepted,
     decode_reply,
 )
-
-# --- OutboxMessage.from_db(): a row with deferred fields ---------------------
-
-
-def _attributes(message):
-    values = {k: v for k, v in vars(message).items() if k != "_state"}
-    return values, message.get_deferred_fields(), message._state.db
-
-
-def _field_sets():
-    names = [f.attname for f in OutboxMessage._meta.concrete_fields]
-    yield ["id", *[n for n in names if n in CLAIMED_FIELDS and n != "id"]]
-    yield names  # every field: not deferred at all
-    yield names[:1]
-    yield names[-1:]
-    for name in names:
-        yield [name]
-        yield [n for n in names if n != name]
-    rng = random.Random(5)
-    for _ in range(200):
-        yield [n for n in names if rng.random() < 0.5]
-
-
-@pytest.mark.parametrize("as_list", [True, False])
-def test_from_db_makes_the_message_djangos_from_db_makes(as_list):
-    for names in _field_sets():
-        # Distinct values, in the model's field order, as from_db() takes them.
-        values = [f"value of {name}" for name in names]
-        row = values if as_list else tuple(values)
-        ours = OutboxMessage.from_db("default", names, row)
-        djangos = models.Model.from_db.__func__(OutboxMessage, "default", names, row)
-        assert _attributes(ours) == _attributes(djangos), names
-        assert ours._state.adding is djangos._state.adding is False
-
-
-def test_from_db_loads_claimed_rows_the_orm_way(db):
-    message = OutboxMessage.objects.create(
-        queued_via="default",
-        mailer="smtp",
-        from_email="a@example.com",
-        mime=b"x",
-        size=1,
-    )
-    loaded = OutboxMessage.objects.only(*CLAIMED_FIELDS).get(pk=message.pk)
-    assert loaded.get_deferred_fields() == {
-        f.attname
-        for f in OutboxMessage._meta.concrete_fields
-        if f.attname not in CLAIMED_FIELDS
-    }
-    assert (loaded.mailer, loaded.from_email, loaded.size) == (
-        "smtp",
-        "a@example.com",
-        1,
-    )
-    assert bytes(loaded.mime) == b"x"  # a deferred field still loads on use
-
-
-@pytest.mark.skipif(
-    not hasattr(models, "FETCH_PEERS"), reason="fetch modes are new in Django 6.1"
-)
-def test_from_db_keeps_the_querysets_fetch_mode(db, django_assert_num_queries):
-    # Django 6.1 passes the queryset's fetch mode to from_db(): with
-    # FETCH_PEERS, a deferred field is loaded for every message at once.
-    for n in range(3):
-        OutboxMessage.objects.create(
-            queued_via="default",
-            mailer="smtp",
-            from_email="a@example.com",
-            mime=b"x",
-            subject=f"subject {n}",
-        )
-    loaded = list(
-        OutboxMessage.objects.fetch_mode(models.FETCH_PEERS)
-        .only(*CLAIMED_FIELDS)
-        .order_by("pk")
-    )
-    assert "subject" not in CLAIMED_FIELDS
-    assert [m._state.fetch_mode for m in loaded] == [models.FETCH_PEERS] * 3
-    with django_assert_num_queries(1):
-        assert [m.subject for m in loaded] == ["subject 0", "subject 1", "subject 2"]
-
-
-def _made(make, *args):
-    try:
-        return _attributes(make(*args))
-    except Exception as exc:  # compared with Django's
-        return type(exc)
-
-
-def test_from_db_with_a_row_of_the_wrong_length_does_what_djangos_does():
-    # A caller's mistake (more or fewer values than loaded names) is not
-    # hidden: the message is what Django's from_db() makes, or its error.
-    names = [f.attname for f in OutboxMessage._meta.concrete_fields][::2]
-    for extra in (-3, -2, -1, 1, 2):
-        values = [f"value {n}" for n in range(len(names) + extra)]
-        ours = _made(OutboxMessage.from_db, "default", names, values)
-        djangos = _made(
-            models.Model.from_db.__func__, OutboxMessage, "default", names, values
-        )
-        assert ours == djangos, extra
-
-
-@isolate_apps("django_mailkit")
-def test_from_db_of_a_subclass_the_app_registry_does_not_know():
-    # A proxy, or a model with more fields, defined in another registry (as
-    # isolate_apps() does): its own fields, not a registered model's.
-    class Proxy(OutboxMessage):
-        class Meta:
-            proxy = True
-            app_label = "django_mailkit"
-
-    class Child(OutboxMessage):
-        note = models.TextField()
-
-        class Meta:
-            app_label = "django_mailkit"
-
-    for model in (Proxy, Child):
-        names = [f.attname for f in model._meta.concrete_fields]
-        for loaded in (names[:3], names[-3:], names[1::2]):
-            values = [f"value of {name}" for name in loaded]
-            ours = model.from_db("default", loaded, values)
-            djangos = models.Model.from_db.__func__(model, "default", loaded, values)
-            assert type(ours) is model
-            assert _attributes(ours) == _attributes(djangos), (model, loaded)
-    _assert_the_shortcut_completes_the_row(Proxy, Child)
-
-
-def test_the_shortcut_hands_django_a_complete_row():
-    # Not only the same message: the shortcut is taken (Django's own loop
-    # over the fields, the cost it saves, never runs), whatever is loaded.
-    _assert_the_shortcut_completes_the_row(OutboxMessage, field_sets=_field_sets())
-
-
-def _assert_the_shortcut_completes_the_row(*classes, field_sets=None):
-    djangos = models.Model.from_db.__func__
-    rows, expected = [], []
-
-    def from_db(cls, db, field_names, values, **kwargs):
-        rows.append((cls, len(values)))
-        return djangos(cls, db, field_names, values, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models.Model, "from_db", classmethod(from_db))
-        for model in classes:
-            names = [f.attname for f in model._meta.concrete_fields]
-            for loaded in field_sets or (names[:1], names[1::2], names[-2:]):
-                model.from_db("default", loaded, [None] * len(loaded))
-                expected.append((model, len(names)))
-    assert rows == expected
-
 
 # --- decode_reply(): a printable text is returned as it is --------------------
 
@@ -345,7 +191,7 @@ def test_a_plain_address_gets_the_path_the_checks_would_give():
             assert got == expected, text
 
 
-# --- AttemptRecord.of() and outcome_fields() ------------------------------------
+# --- outcome_fields(): the status found by value --------------------------------
 
 
 def _record_fields(**changes):
@@ -366,26 +212,6 @@ def _record_fields(**changes):
         "recipients": {"a@example.com": ("sent", 250, "ok")},
     }
     return {**fields, **changes}
-
-
-def test_attempt_record_of_every_field_is_the_constructors_record():
-    import dataclasses
-
-    from django_mailkit.models import AttemptRecord
-
-    fields = _record_fields()
-    assert set(fields) == {f.name for f in dataclasses.fields(AttemptRecord)}
-    fast, slow = AttemptRecord.of(**fields), AttemptRecord(**fields)
-    assert fast == slow and vars(fast) == vars(slow)
-    assert dataclasses.replace(fast, error="x") == dataclasses.replace(slow, error="x")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.error = "changed"
-    # Not every field, or an unknown one: the constructor's own defaults and
-    # errors.
-    some = {k: v for k, v in fields.items() if k not in ("error", "replies")}
-    assert AttemptRecord.of(**some) == AttemptRecord(**some)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
-        AttemptRecord.of(**fields, colour="red")
 
 
 def test_outcome_fields_set_the_status_the_outcome_names():
@@ -409,16 +235,7 @@ def test_outcome_fields_set_the_status_the_outcome_names():
 def _attempt_record(outcome):
     from django_mailkit.models import AttemptRecord
 
-    return AttemptRecord.of(**_record_fields(outcome=outcome))
-
-
-def test_each_outcome_is_listed_where_batch_result_add_lists_it():
-    for kind, result in delivery._RESULTS.items():
-        batch = delivery.BatchResult()
-        batch.add(result, 7)
-        assert getattr(batch, delivery._KIND_LISTS[kind]) == [7]
-        assert batch.of(7) is result
-    assert set(delivery._KIND_LISTS) == set(delivery._RESULTS)
+    return AttemptRecord(**_record_fields(outcome=outcome))
 
 
 # --- _parse(): the plain-address shortcut and the full parser agree -----------

@@ -95,6 +95,14 @@ def test_claim_loads_only_the_fields_delivery_uses(server):
     )
     assert loaded == {OutboxMessage._meta.get_field(n).attname for n in CLAIMED_FIELDS}
     assert "mime" not in loaded
+    # The message the ORM makes of the same fields (on PostgreSQL, the
+    # claim makes it from its UPDATE's rows itself).
+    orm = OutboxMessage.objects.only(*CLAIMED_FIELDS).get(pk=claimed.pk)
+    assert type(claimed) is OutboxMessage
+    assert {k: v for k, v in vars(claimed).items() if k != "_state"} == {
+        k: v for k, v in vars(orm).items() if k != "_state"
+    }
+    assert (claimed._state.db, claimed._state.adding) == ("default", False)
     # What was left out still reads right (loaded on use).
     assert claimed.subject == "m0"
 
