@@ -176,9 +176,10 @@ class _Kind:
     """
     ``Kind``'s members, for the per-message code below: the same objects.
 
-    On Python 3.11, every ``Kind.SENT`` runs ``EnumType.__getattr__`` (over
-    a thousand instructions; 3.12 dropped it), and classifying one message
-    looked up a dozen. A plain class's attribute costs nothing of the kind.
+    On Python 3.11 ``EnumType`` defines ``__getattr__`` (3.12 dropped it),
+    which sends every attribute lookup on an enum class, ``Kind.SENT``
+    included, down CPython's slow path: about four times a plain class's
+    attribute, and classifying one message looked up a dozen.
     """
 
     SENT: Final = Kind.SENT
@@ -894,7 +895,7 @@ def _classify(
     replies: dict[str, tuple[int | None, str]] = {}
     refusals: list[str] = []
     for address, (code, reply) in outcome.replies.items():
-        stored_code = code if known_code(code) else None
+        stored_code = _stored_code(code)
         rows[address] = (_recipient_status(code), stored_code, reply)
         replies[address] = (stored_code, decode_reply(reply))
         if code is not None and code >= 400:
@@ -936,8 +937,9 @@ def _classify(
         )
         if kind == _Kind.SUPPRESSED:
             error = error or "Not sent: every recipient is suppressed."
-    # The one place an attempt's texts and codes are made storable: text
-    # columns take no NUL, code columns only real reply codes.
+    # Here (and for the replies, above) an attempt's texts and codes are
+    # made storable: text columns take no NUL, code columns only real reply
+    # codes.
     return AttemptRecord(
         outcome=kind,
         attempt_outcome=this_attempt or kind,

@@ -47,7 +47,7 @@ FINAL_STATUSES = frozenset(
 #: outcome sets, found without Enum's call).
 _FINAL_STATUS = {status.value: status for status in FINAL_STATUSES}
 #: The statuses of a message delivered to someone. (A tuple looked up once:
-#: on Python 3.11 each ``Status.SENT`` runs ``EnumType.__getattr__``.)
+#: on Python 3.11 each ``Status.SENT`` is a slow lookup; see delivery._Kind.)
 _DELIVERED = (Status.SENT, Status.PARTIAL)
 
 
@@ -1119,8 +1119,8 @@ class Attempt(models.Model):
         }
 
 
-#: Looked up once: on Python 3.11 each ``Attempt.Outcome.RETRY`` runs
-#: ``EnumType.__getattr__`` (outcome_fields() runs per message).
+#: Looked up once: on Python 3.11 each ``Attempt.Outcome.RETRY`` is a slow
+#: lookup (see delivery._Kind), and outcome_fields() runs per message.
 _RETRY = Attempt.Outcome.RETRY
 
 
