@@ -577,13 +577,7 @@ def run_jobs(
             discard(connection)
             connection = None
     count = 1
-    if (
-        # (Only a batch that could use more than one connection asks.)
-        max_connections > 1
-        and len(jobs) >= 2 * PER_CONNECTION
-        and connection is not None
-        and connection.has_extn("pipelining")
-    ):
+    if connection is not None and connection.has_extn("pipelining"):
         count = max(1, min(max_connections, len(jobs) // PER_CONNECTION))
     if count == 1:
         return _share(jobs, connect, connection, max_recipients, primary=True)
