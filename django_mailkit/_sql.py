@@ -258,15 +258,18 @@ def _json(rows: list[dict[str, Any]]) -> str:
 
 
 @functools.cache
-def _columns(names: tuple[str, ...]) -> dict[str, tuple[int, Field[Any, Any]]]:
-    """{name: (its number in the statement, the field)} for ``names``."""
+def _columns(names: tuple[str, ...]) -> dict[str, tuple[str, str, Field[Any, Any]]]:
+    """
+    {name: (its "set" key, its value's key, the field)} for ``names``, the
+    statement's columns (``s0``, ``v0`` for the first).
+    """
     from .models import OutboxMessage
 
     columns = {}
     for i, name in enumerate(names):
         model_field = OutboxMessage._meta.get_field(name)
         assert isinstance(model_field, Field)
-        columns[name] = (i, model_field)
+        columns[name] = (f"s{i}", f"v{i}", model_field)
     return columns
 
 
@@ -310,13 +313,13 @@ def _record_params(
         # its value.
         for name, value in fields.items():
             try:
-                i, model_field = columns[name]
+                is_set, to, model_field = columns[name]
             except KeyError:
                 raise ValueError(
                     f"Not a column of the record statement: {name!r}"
                 ) from None
-            row[f"s{i}"] = True
-            row[f"v{i}"] = _db_value(model_field, value, connection)
+            row[is_set] = True
+            row[to] = _db_value(model_field, value, connection)
         messages.append(row)
         finished = attempt.finished_at.isoformat()
         for address, (status, code, reply) in attempt.recipients.items():
@@ -628,27 +631,32 @@ def claim_returning(
     meta = OutboxMessage._meta
     # from_db() takes the values in the model's field order.
     fields = [f for f in meta.concrete_fields if f.name in CLAIMED_FIELDS]
+    names = [quote(column(meta, f.name)) for f in fields]
     # What the claim order needs that the claim doesn't load.
     extra = [
-        name.lstrip("-")
+        quote(column(meta, name.lstrip("-")))
         for name in CLAIM_ORDER
         if name.lstrip("-") not in CLAIMED_FIELDS
     ]
+    order = ", ".join(
+        quote(column(meta, name.lstrip("-")))
+        + (" DESC" if name.startswith("-") else "")
+        for name in CLAIM_ORDER
+    )
 
     def col(name: str) -> str:
         return quote(column(meta, name))
 
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {quote(meta.db_table)} SET {col('status')} = %s, "
+            f"WITH claimed AS (UPDATE {quote(meta.db_table)} "
+            f"SET {col('status')} = %s, "
             f"{col('claimed_by')} = %s, {col('lease_expires_at')} = %s, "
             f"{col('claim_token')} = {col('claim_token')} + 1, "
             f"{col('updated_at')} = %s "
             f"WHERE {col('id')} = ANY(%s::bigint[]) AND {col('status')} = %s "
-            "RETURNING "
-            + ", ".join(
-                [quote(column(meta, f.name)) for f in fields] + [col(n) for n in extra]
-            ),
+            f"RETURNING {', '.join(names + extra)}) "
+            f"SELECT {', '.join(names)} FROM claimed ORDER BY {order}",
             [
                 str(Status.SENDING),
                 worker,
@@ -665,28 +673,13 @@ def claim_returning(
     # the claim doesn't load (after the row's values, at len(row)): given a
     # shorter row, Django looks each of the model's fields up in the list
     # of loaded names, a tenth of a worker's CPU per message.
-    deferred_at = len(fields) + len(extra)
     complete = operator.itemgetter(
-        *(fields.index(f) if f in fields else deferred_at for f in meta.concrete_fields)
+        *(fields.index(f) if f in fields else len(fields) for f in meta.concrete_fields)
     )
-    names = [f.attname for f in meta.concrete_fields]
-    claimed = [
-        (
-            OutboxMessage.from_db(db, names, complete((*row, DEFERRED))),
-            dict(zip(extra, row[len(fields) :], strict=True)),
-        )
-        for row in rows
+    attnames = [f.attname for f in meta.concrete_fields]
+    return [
+        OutboxMessage.from_db(db, attnames, complete((*row, DEFERRED))) for row in rows
     ]
-
-    def value(pair: tuple[OutboxMessage, dict[str, Any]], name: str) -> Any:
-        message, more = pair
-        return more[name] if name in more else getattr(message, name)
-
-    # In CLAIM_ORDER: a stable sort per key, the last key first.
-    for name in reversed(CLAIM_ORDER):
-        key = name.lstrip("-")
-        claimed.sort(key=lambda pair: value(pair, key), reverse=name.startswith("-"))
-    return [message for message, _more in claimed]
 
 
 def many_values(values: list[Any], db: str, *, integers: bool = False) -> Any:
