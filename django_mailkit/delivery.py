@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.headerregistry import AddressHeader
-from typing import Any, Final
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router
@@ -172,33 +172,6 @@ def _header_addresses(parsed: Any, name: str) -> list[str]:
 Kind = Attempt.Outcome
 
 
-class _Kind:
-    """
-    ``Kind``'s members, for the per-message code below: the same objects.
-
-    On Python 3.11 ``EnumType`` defines ``__getattr__`` (3.12 dropped it),
-    which sends every attribute lookup on an enum class, ``Kind.SENT``
-    included, down CPython's slow path: about four times a plain class's
-    attribute, and classifying one message looked up a dozen.
-    """
-
-    SENT: Final = Kind.SENT
-    PARTIAL: Final = Kind.PARTIAL
-    RETRY: Final = Kind.RETRY
-    FAILED: Final = Kind.FAILED
-    SUPPRESSED: Final = Kind.SUPPRESSED
-
-
-class _State:
-    """``RecipientStatus``'s members, as ``_Kind`` holds ``Kind``'s."""
-
-    PENDING: Final = RecipientStatus.PENDING
-    DEFERRED: Final = RecipientStatus.DEFERRED
-    SENT: Final = RecipientStatus.SENT
-    FAILED: Final = RecipientStatus.FAILED
-    SUPPRESSED: Final = RecipientStatus.SUPPRESSED
-
-
 #: The Result of recording each kind of outcome.
 _RESULTS = {
     Kind.SENT: Result.SENT,
@@ -265,13 +238,13 @@ def deliver_batch(
         .order_by("id")
         .values_list("message_id", "address", "status")
     ):
-        if status in (_State.PENDING, _State.DEFERRED):
+        if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
             pending[message_id].append(address)
-        elif status == _State.SENT:
+        elif status == RecipientStatus.SENT:
             delivered_before.add(message_id)
-        elif status == _State.FAILED:
+        elif status == RecipientStatus.FAILED:
             failed_before.add(message_id)
-        elif status == _State.SUPPRESSED:
+        elif status == RecipientStatus.SUPPRESSED:
             suppressed_before.add(message_id)
     # Suppressed recipients leave the envelope here: they never reach the wire.
     suppressed = suppression.suppressed_recipients(messages, pending)
@@ -330,7 +303,7 @@ def deliver_batch(
                     outcome = _attempt(record, backend, pending[pk], lease)
                 else:
                     # Nobody left to send to (all suppressed): no connection.
-                    outcome = Outcome(_Kind.SENT)
+                    outcome = Outcome(Kind.SENT)
             finally:
                 record.forget_bytes()
             if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
@@ -567,7 +540,7 @@ class _Recorder:
                 continue
             if outcome is not None and outcome.refused_at_rcpt:
                 _suppress_refused(record, outcome)
-            if attempt.outcome != _Kind.SENT:
+            if attempt.outcome != Kind.SENT:
                 logger.warning(
                     "Outbox message %s: %s. %s",
                     pk,
@@ -616,7 +589,8 @@ def _finish_unrecorded(
     if status == Attempt.Outcome.RETRY:
         # Partially sent if anyone got it, in this attempt or an earlier one.
         delivered = delivered_before or any(
-            status == _State.SENT for status, _, _ in attempt.recipients.values()
+            status == RecipientStatus.SENT
+            for status, _, _ in attempt.recipients.values()
         )
         status = Attempt.Outcome.PARTIAL if delivered else Attempt.Outcome.FAILED
     error = decode_reply(
@@ -666,20 +640,20 @@ def _attempt(
     lease: timedelta,
 ) -> Outcome:
     if not pending:
-        return Outcome(_Kind.SENT)
+        return Outcome(Kind.SENT)
     # The stored row is not trusted: an address that fails the envelope
     # check (a tampered or migrated row) fails that recipient, here, and
     # never reaches the wire; the others go ahead.
     try:
         envelope, invalid = stored_envelope(record.from_email, pending)
     except (ValueError, TypeError) as exc:
-        return Outcome(_Kind.FAILED, error=f"Not sent: {exc}")
+        return Outcome(Kind.FAILED, error=f"Not sent: {exc}")
     refused: dict[str, tuple[int | None, str]] = {
         address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
         for address, reason in invalid.items()
     }
     if not envelope.recipients:
-        return Outcome(_Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
+        return Outcome(Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
     if isinstance(backend, Exception):
         outcome = _failure(backend)
     else:
@@ -734,10 +708,8 @@ def _send(
         stored = StoredMessage(record, list(envelope.recipients))
         if backend.send_messages([stored]):
             replies = {address: (None, "") for address in envelope.recipients}
-            return Outcome(_Kind.SENT, replies=dict(replies))
-        return Outcome(
-            _Kind.RETRY, error="The mailer reported the message as not sent."
-        )
+            return Outcome(Kind.SENT, replies=dict(replies))
+        return Outcome(Kind.RETRY, error="The mailer reported the message as not sent.")
     except Exception as exc:
         return _failure(exc)
 
@@ -799,13 +771,13 @@ def _smtp_outcome(transmission: Transmission, envelope: Any) -> Outcome:
         else:
             some_refused = True
     if transmission.error is not None or temporary:
-        kind = _Kind.RETRY
+        kind = Kind.RETRY
     elif not some_refused:
-        kind = _Kind.SENT
+        kind = Kind.SENT
     elif some_accepted:
-        kind = _Kind.PARTIAL
+        kind = Kind.PARTIAL
     else:
-        kind = _Kind.FAILED
+        kind = Kind.FAILED
     return Outcome(
         kind,
         replies=replies,
@@ -827,7 +799,7 @@ def _failure(exc: BaseException) -> Outcome:
         }
         temporary = any(_temporary(code) for code, _ in replies.values())
         return Outcome(
-            _Kind.RETRY if temporary else _Kind.FAILED,
+            Kind.RETRY if temporary else Kind.FAILED,
             replies=replies,
             connection_lost=any(code == 421 for code, _ in replies.values()),
             error=text,
@@ -839,7 +811,7 @@ def _failure(exc: BaseException) -> Outcome:
         text = f"{type(exc).__name__}: {code} {reply}"
         temporary = not 500 <= code < 600
         return Outcome(
-            _Kind.RETRY if temporary else _Kind.FAILED,
+            Kind.RETRY if temporary else Kind.FAILED,
             # 421: the server is closing the connection.
             connection_lost=code == 421,
             code=code,
@@ -847,11 +819,11 @@ def _failure(exc: BaseException) -> Outcome:
             error=text,
         )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return Outcome(_Kind.FAILED, error=text)  # e.g. SMTPUTF8 needed, not offered
+        return Outcome(Kind.FAILED, error=text)  # e.g. SMTPUTF8 needed, not offered
     if isinstance(exc, OSError | ImproperlyConfigured):
         # Network trouble, or a mailer misconfiguration someone may fix.
-        return Outcome(_Kind.RETRY, connection_lost=True, error=text)
-    return Outcome(_Kind.FAILED, error=text)
+        return Outcome(Kind.RETRY, connection_lost=True, error=text)
+    return Outcome(Kind.FAILED, error=text)
 
 
 def _classify(
@@ -903,39 +875,39 @@ def _classify(
     if not error:
         # Say who was refused, and how.
         error = "; ".join(refusals)
-    if not outcome.replies and kind == _Kind.FAILED:
+    if not outcome.replies and kind == Kind.FAILED:
         for address in pending:
             rows[address] = (
-                _State.FAILED,
+                RecipientStatus.FAILED,
                 outcome.code,
                 outcome.reply or outcome.error,
             )
     for address, reason in (suppressed or {}).items():
-        rows[address] = (_State.SUPPRESSED, None, reason)
-    final = kind != _Kind.RETRY
+        rows[address] = (RecipientStatus.SUPPRESSED, None, reason)
+    final = kind != Kind.RETRY
     this_attempt: Kind | None = None
     if not final and record.attempts - record.requeued_attempts >= conf.max_attempts():
         # Out of attempts: what is still pending fails.
         for address in pending:
-            status, code, reply = rows.get(address, (_State.PENDING, None, ""))
-            if status in (_State.PENDING, _State.DEFERRED):
-                rows[address] = (_State.FAILED, code, reply or error)
+            status, code, reply = rows.get(address, (RecipientStatus.PENDING, None, ""))
+            if status in (RecipientStatus.PENDING, RecipientStatus.DEFERRED):
+                rows[address] = (RecipientStatus.FAILED, code, reply or error)
         final = True
     if final:
         states = {status for status, _, _ in rows.values()}
         if states:
             this_attempt = _fate(
-                _State.SENT in states,
-                _State.FAILED in states,
-                _State.SUPPRESSED in states,
+                RecipientStatus.SENT in states,
+                RecipientStatus.FAILED in states,
+                RecipientStatus.SUPPRESSED in states,
             )
         # The message's fate is its recipients', over all its attempts.
         kind = _fate(
-            delivered_before or _State.SENT in states,
-            failed_before or _State.FAILED in states,
-            suppressed_before or _State.SUPPRESSED in states,
+            delivered_before or RecipientStatus.SENT in states,
+            failed_before or RecipientStatus.FAILED in states,
+            suppressed_before or RecipientStatus.SUPPRESSED in states,
         )
-        if kind == _Kind.SUPPRESSED:
+        if kind == Kind.SUPPRESSED:
             error = error or "Not sent: every recipient is suppressed."
     # Here (and for the replies, above) an attempt's texts and codes are
     # made storable: text columns take no NUL, code columns only real reply
@@ -961,10 +933,10 @@ def _classify(
 def _fate(delivered: bool, failed: bool, skipped: bool) -> Kind:
     """A final outcome, from who was delivered, failed and suppressed."""
     if delivered:
-        return _Kind.PARTIAL if failed or skipped else _Kind.SENT
+        return Kind.PARTIAL if failed or skipped else Kind.SENT
     if skipped and not failed:
-        return _Kind.SUPPRESSED
-    return _Kind.FAILED
+        return Kind.SUPPRESSED
+    return Kind.FAILED
 
 
 def _temporary(code: int) -> bool:
@@ -978,7 +950,7 @@ def _stored_code(code: int | None) -> int | None:
 
 def _recipient_status(code: int | None) -> str:
     if code is None or accepted(code):
-        return _State.SENT
+        return RecipientStatus.SENT
     if _temporary(code):
-        return _State.DEFERRED
-    return _State.FAILED
+        return RecipientStatus.DEFERRED
+    return RecipientStatus.FAILED

@@ -46,9 +46,6 @@ FINAL_STATUSES = frozenset(
 #: Each final status by its value (outcome_fields(): the status an attempt's
 #: outcome sets, found without Enum's call).
 _FINAL_STATUS = {status.value: status for status in FINAL_STATUSES}
-#: The statuses of a message delivered to someone. (A tuple looked up once:
-#: on Python 3.11 each ``Status.SENT`` is a slow lookup; see delivery._Kind.)
-_DELIVERED = (Status.SENT, Status.PARTIAL)
 
 
 class Priority(models.IntegerChoices):
@@ -673,7 +670,7 @@ class OutboxMessage(models.Model):
     def outcome_fields(self, attempt: AttemptRecord) -> dict[str, Any]:
         """The message's fields that recording ``attempt`` writes."""
         outcome = attempt.outcome
-        if outcome == _RETRY:
+        if outcome == Attempt.Outcome.RETRY:
             fields = self.retry_fields(error=attempt.error)
         else:
             # Status(outcome), without Enum's call (this runs per message).
@@ -790,7 +787,7 @@ class OutboxMessage(models.Model):
             "lease_expires_at": None,
             "last_error": error,
         }
-        if status in _DELIVERED:
+        if status in (Status.SENT, Status.PARTIAL):
             # When it was first delivered: a later retry doesn't move it.
             fields["sent_at"] = self.sent_at or timezone.now()
         return fields
@@ -1117,11 +1114,6 @@ class Attempt(models.Model):
                 "renewal of its lease)."
             ),
         }
-
-
-#: Looked up once: on Python 3.11 each ``Attempt.Outcome.RETRY`` is a slow
-#: lookup (see delivery._Kind), and outcome_fields() runs per message.
-_RETRY = Attempt.Outcome.RETRY
 
 
 class SuppressionReason(models.TextChoices):

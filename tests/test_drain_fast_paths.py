@@ -18,7 +18,6 @@ from django_mailkit.envelope import InvalidAddress, envelope_address
 from django_mailkit.models import (
     Attempt,
     OutboxMessage,
-    RecipientStatus,
 )
 from django_mailkit.smtp_session import (
     Envelope,
@@ -122,20 +121,6 @@ def test_smtp_outcome_classifies_as_the_any_and_all_of_the_codes():
                     combination,
                     error,
                 )
-
-
-# --- The enum members the per-message code uses --------------------------------
-
-
-@pytest.mark.parametrize(
-    "copy, enum",
-    [(delivery._Kind, Attempt.Outcome), (delivery._State, RecipientStatus)],
-)
-def test_the_members_copies_are_the_members(copy, enum):
-    names = [name for name in vars(copy) if name.isupper()]
-    assert names
-    for name in names:
-        assert getattr(copy, name) is enum[name]
 
 
 # --- envelope_address(): a plain address's path, without _path()'s checks ----
