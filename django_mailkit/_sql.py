@@ -377,6 +377,16 @@ def _statement(
             model_field = model_field.target_field
         return str(model_field.rel_db_type(connection))
 
+    def by_keys(key: str, rows: str) -> str:
+        # The rows' keys as an array of unknown length: the table is read
+        # by its index whatever the statistics say about it or about the
+        # JSON (a join on the JSON alone is hashed over a scan of the whole
+        # table wherever the planner thinks the table small, as it is until
+        # thousands of messages when their bytes are stored apart).
+        return f"{key} = ANY (ARRAY(SELECT id FROM {rows}))"
+
+    message_key = f"m.{col(m_meta, 'id')}"
+    recipient_key = f"r.{col(r_meta, 'message')}"
     ctes = []
     selects = []
     if record:
@@ -394,11 +404,14 @@ def _statement(
             for i, name in enumerate(field_names)
         )
         ctes.append(
-            f"msg AS (UPDATE {message_table} AS m SET {assignments} "
-            f"FROM json_to_recordset({arg()}::json) "
-            f"AS v(id bigint, token bigint{columns}) "
+            f"mv AS MATERIALIZED (SELECT * FROM json_to_recordset({arg()}::json) "
+            f"AS v(id bigint, token bigint{columns}))"
+        )
+        ctes.append(
+            f"msg AS (UPDATE {message_table} AS m SET {assignments} FROM mv AS v "
             f"WHERE m.{col(m_meta, 'id')} = v.id "
             f"AND m.{col(m_meta, 'claim_token')} = v.token "
+            f"AND {by_keys(message_key, 'mv')} "
             f"RETURNING m.{col(m_meta, 'id')} AS id)"
         )
         # Recipients still pending or deferred, of the messages written.
@@ -412,6 +425,7 @@ def _statement(
             "c integer, r text, u timestamptz) "
             "JOIN msg ON msg.id = v.m "
             f"WHERE r.{col(r_meta, 'message')} = v.m "
+            f"AND {by_keys(recipient_key, 'msg')} "
             f"AND r.{col(r_meta, 'address')} = v.a "
             f"AND r.{col(r_meta, 'status')} IN "
             f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}'))"
@@ -436,13 +450,17 @@ def _statement(
         # as the claim set them.) The statement's snapshot is taken before
         # the writes above, which touch other messages.
         mime = f"m.{col(m_meta, 'mime')}"
+        ctes.append(
+            f"lv AS MATERIALIZED (SELECT v.*, {arg()}::integer AS inline "
+            f"FROM json_to_recordset({arg()}::json) AS v(id bigint, token bigint))"
+        )
         selects.append(
             f"SELECT 'r', m.{col(m_meta, 'id')}, octet_length({mime}), "
-            f"CASE WHEN octet_length({mime}) <= {arg()} THEN {mime} END "
-            f"FROM {message_table} AS m "
-            f"JOIN json_to_recordset({arg()}::json) AS v(id bigint, token bigint) "
+            f"CASE WHEN octet_length({mime}) <= v.inline THEN {mime} END "
+            f"FROM {message_table} AS m JOIN lv AS v "
             f"ON m.{col(m_meta, 'id')} = v.id "
-            f"AND m.{col(m_meta, 'claim_token')} = v.token"
+            f"AND m.{col(m_meta, 'claim_token')} = v.token "
+            f"WHERE {by_keys(message_key, 'lv')}"
         )
     with_ = f"WITH {', '.join(ctes)} " if ctes else ""
     return with_ + " UNION ALL ".join(selects)
