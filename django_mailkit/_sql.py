@@ -378,22 +378,21 @@ def _statement(
         return str(model_field.rel_db_type(connection))
 
     def by_keys(key: str, rows: str) -> str:
-        # The rows' keys as an array of unknown length: the table is read
-        # by its index whatever the statistics say about it or about the
-        # JSON (a join on the JSON alone is hashed over a scan of the whole
-        # table wherever the planner thinks the table small, as it is until
-        # thousands of messages when their bytes are stored apart).
+        # The rows' keys, as an array the planner can't see the length of:
+        # the message table is read by its primary key whatever the
+        # statistics say. (Joined on the JSON alone, a group was hashed
+        # over a scan of the whole table wherever the planner thought the
+        # table small: up to about a thousand messages.)
         return f"{key} = ANY (ARRAY(SELECT id FROM {rows}))"
 
     message_key = f"m.{col(m_meta, 'id')}"
-    recipient_key = f"r.{col(r_meta, 'message')}"
     ctes = []
     selects = []
     if record:
-        # Each message's row, by primary key and claim token only: the plan
-        # never depends on how many messages are in flight, and a message
-        # whose lease was lost matches nothing. A column a message doesn't
-        # set keeps its value.
+        # Each message's row, by primary key and claim token only (and read
+        # by the key, by_keys()): the plan never depends on how many
+        # messages are in flight, and a message whose lease was lost
+        # matches nothing. A column a message doesn't set keeps its value.
         assignments = ", ".join(
             f"{col(m_meta, name)} = CASE WHEN v.s{i} THEN v.v{i} "
             f"ELSE m.{col(m_meta, name)} END"
@@ -425,7 +424,6 @@ def _statement(
             "c integer, r text, u timestamptz) "
             "JOIN msg ON msg.id = v.m "
             f"WHERE r.{col(r_meta, 'message')} = v.m "
-            f"AND {by_keys(recipient_key, 'msg')} "
             f"AND r.{col(r_meta, 'address')} = v.a "
             f"AND r.{col(r_meta, 'status')} IN "
             f"('{RecipientStatus.PENDING}', '{RecipientStatus.DEFERRED}'))"
