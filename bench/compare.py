@@ -41,6 +41,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -348,25 +349,60 @@ def main() -> None:
         "--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6399/9")
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the apps in turn this many times, then give each round's "
+        "ratios of the first app to each other one, and their medians",
+    )
     args = parser.parse_args()
     if args.one_per_commit:
         os.environ["BENCH_ONE_PER_COMMIT"] = "1"
-    results = {}
+    apps = args.apps.split(",")
+    results: dict[str, list[dict]] = {}
     with smtp_sink() as port:
-        for app in args.apps.split(","):
-            print(f"{app}: {args.messages} messages, {args.processes} processes ...")
-            r = results[app] = run_app(
-                app, args.messages, args.processes, port, args.redis
-            )
-            print(
-                f"  {r['msg_per_s']:.0f} msg/s ({r['sent']} sent in {r['seconds']} s, "
-                f"exit {r['exit_codes']}); CPU per message: client "
-                f"{r['client_cpu_ms_per_msg']} ms + PostgreSQL "
-                f"{r['postgres_cpu_ms_per_msg']} ms = {r['total_cpu_ms_per_msg']} ms"
-            )
+        for _round in range(args.rounds):
+            for app in apps:
+                print(f"{app}: {args.messages} messages, {args.processes} processes")
+                r = run_app(app, args.messages, args.processes, port, args.redis)
+                results.setdefault(app, []).append(r)
+                print(
+                    f"  {r['msg_per_s']:.0f} msg/s ({r['sent']} sent in "
+                    f"{r['seconds']} s, exit {r['exit_codes']}); CPU per message: "
+                    f"client {r['client_cpu_ms_per_msg']} ms + PostgreSQL "
+                    f"{r['postgres_cpu_ms_per_msg']} ms = "
+                    f"{r['total_cpu_ms_per_msg']} ms"
+                )
+    for line in ratios(apps, results):
+        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def ratios(apps: list[str], results: dict[str, list[dict]]) -> list[str]:
+    """
+    Each round's drain and CPU ratios of the first app to each other one
+    (runs of the same round ran one after the other), and their medians.
+    """
+    first, *others = dict.fromkeys(apps)  # each app once, in order
+    lines = []
+    for other in others:
+        rounds = list(zip(results[first], results[other], strict=False))
+        drain = [a["msg_per_s"] / b["msg_per_s"] for a, b in rounds]
+        cpu = [a["total_cpu_ms_per_msg"] / b["total_cpu_ms_per_msg"] for a, b in rounds]
+        lines.append(
+            f"{first} / {other}, per round: drain "
+            + ", ".join(f"{x:.2f}" for x in drain)
+            + "; CPU per message "
+            + ", ".join(f"{x:.2f}" for x in cpu)
+        )
+        lines.append(
+            f"  medians: drain {statistics.median(drain):.2f}x, "
+            f"CPU per message {statistics.median(cpu):.2f}x"
+        )
+    return lines
 
 
 if __name__ == "__main__":
