@@ -183,8 +183,7 @@ def record_attempts_postgresql(
             # Dropped by hand, or this role may not run it (or not update
             # every column it names, when its privileges are per column):
             # the statement itself, until asked again (_record_function).
-            _available[db] = None
-            _refused_at[db] = time.monotonic()
+            _refuse(db)
             # Outside a transaction nothing was written and nothing is left
             # aborted, so it goes now.
             if connection.in_atomic_block or not connection.get_autocommit():
@@ -563,10 +562,17 @@ def _record_function(db: str) -> str | None:
                 [f"{name}({_ARGUMENTS})"] * 2,
             )
             (runs,) = cursor.fetchone()
-        found = _available[db] = name if runs else None
-        if found is None:
-            _refused_at[db] = time.monotonic()
+        if not runs:
+            _refuse(db)
+            return None
+        found = _available[db] = name
     return found
+
+
+def _refuse(db: str) -> None:
+    """Send the statement itself on ``db`` until asked again (ASK_AGAIN)."""
+    _available[db] = None
+    _refused_at[db] = time.monotonic()
 
 
 def install_record_function(using: str, **kwargs: Any) -> None:

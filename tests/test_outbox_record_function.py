@@ -4,6 +4,7 @@ and reads exactly what the statement itself does, a worker copes with it
 going away, and ``migrate`` installs it safely while others run.
 """
 
+import contextlib
 import threading
 import time
 from datetime import timedelta
@@ -275,38 +276,45 @@ def test_a_function_dropped_while_a_worker_runs_is_noticed(postgresql):
     assert written == {second.pk}
 
 
-def test_a_role_that_may_not_execute_it_sends_the_statement(postgresql):
+@contextlib.contextmanager
+def a_role(suffix):
+    """A role of this test's own, and a cursor; all it owns is dropped after."""
     # Quoted: tox's database names hold a "-".
-    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_worker")
-    first, second = claimed_group(2)
+    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_{suffix}")
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE ROLE {role} NOLOGIN")
         try:
-            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-            cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
-            cursor.execute(f"SET ROLE {role}")
-            # Anyone may execute a new function: this worker asks, and may.
-            assert _sql._record_function("default") == postgresql
-            cursor.execute("RESET ROLE")
-            cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature()} FROM PUBLIC")
-            cursor.execute(f"SET ROLE {role}")
-            # Revoked while it runs: refused, then the statement goes.
-            written, _loaded = OutboxMessage.objects.record_attempts(
-                [(first, attempt_for(first, "u0@example.com", "250 ok"))]
-            )
-            assert written == {first.pk}
-            # Asked again, and not allowed: the statement, without a refusal.
-            assert _sql._record_function("default") is None
-            with CaptureQueriesContext(connection) as queries:
-                written, _loaded = OutboxMessage.objects.record_attempts(
-                    [(second, attempt_for(second, "u1@example.com", "250 ok"))]
-                )
-            assert written == {second.pk}
-            assert not function_calls(queries)
+            yield cursor, role
         finally:
             cursor.execute("RESET ROLE")
             cursor.execute(f"DROP OWNED BY {role}")
             cursor.execute(f"DROP ROLE {role}")
+
+
+def test_a_role_that_may_not_execute_it_sends_the_statement(postgresql):
+    first, second = claimed_group(2)
+    with a_role("worker") as (cursor, role):
+        cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        cursor.execute(f"SET ROLE {role}")
+        # Anyone may execute a new function: this worker asks, and may.
+        assert _sql._record_function("default") == postgresql
+        cursor.execute("RESET ROLE")
+        cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature()} FROM PUBLIC")
+        cursor.execute(f"SET ROLE {role}")
+        # Revoked while it runs: refused, then the statement goes.
+        written, _loaded = OutboxMessage.objects.record_attempts(
+            [(first, attempt_for(first, "u0@example.com", "250 ok"))]
+        )
+        assert written == {first.pk}
+        # Asked again, and not allowed: the statement, without a refusal.
+        assert _sql._record_function("default") is None
+        with CaptureQueriesContext(connection) as queries:
+            written, _loaded = OutboxMessage.objects.record_attempts(
+                [(second, attempt_for(second, "u1@example.com", "250 ok"))]
+            )
+        assert written == {second.pk}
+        assert not function_calls(queries)
     assert OutboxMessage.objects.filter(status=Status.SENT).count() == 2
 
 
@@ -475,58 +483,44 @@ def test_elsewhere_than_postgresql_migrate_installs_nothing():
 def test_a_role_that_may_not_create_it_migrates_all_the_same(postgresql):
     import io
 
-    # Quoted: tox's database names hold a "-".
-    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_deploy")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP FUNCTION {signature()}")
-        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
-        try:
-            # Its tables, but no CREATE on the schema (PostgreSQL 15+'s
-            # default for a role that doesn't own it).
-            cursor.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC")
-            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-            cursor.execute(f"SET ROLE {role}")
-            stdout = io.StringIO()
-            _sql.install_record_function("default", verbosity=1, stdout=stdout)
-            assert pg_proc_version() is None
-            assert "record function" in stdout.getvalue()
-            assert "permission denied for schema public" in stdout.getvalue()
-            assert stdout.getvalue().count("\n") == 1
-            assert _sql._record_function("default") is None
-        finally:
-            cursor.execute("RESET ROLE")
-            cursor.execute(f"DROP OWNED BY {role}")
-            cursor.execute(f"DROP ROLE {role}")
+    with a_role("deploy") as (cursor, role):
+        # Its tables, but no CREATE on the schema (PostgreSQL 15+'s
+        # default for a role that doesn't own it).
+        cursor.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}, PUBLIC")
+        cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        cursor.execute(f"SET ROLE {role}")
+        stdout = io.StringIO()
+        _sql.install_record_function("default", verbosity=1, stdout=stdout)
+        assert pg_proc_version() is None
+        assert "record function" in stdout.getvalue()
+        assert "permission denied for schema public" in stdout.getvalue()
+        assert stdout.getvalue().count("\n") == 1
+        assert _sql._record_function("default") is None
 
 
 def test_a_role_that_may_update_only_some_columns_sends_the_statement(postgresql):
     # The function's UPDATE names every column it can set; the statement
     # only those a group sets: refused once, then the statement for a while.
-    role = connection.ops.quote_name(f"{connection.settings_dict['NAME']}_cols")
     first, second = claimed_group(2)
     sets = ", ".join(
         connection.ops.quote_name(OutboxMessage._meta.get_field(name).column)
         for name in first.outcome_fields(attempt_for(first, "u0@example.com", "ok"))
     )
     table = connection.ops.quote_name(OutboxMessage._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE ROLE {role} NOLOGIN")
-        try:
-            cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-            cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
-            cursor.execute(f"REVOKE UPDATE ON {table} FROM {role}")
-            cursor.execute(f"GRANT UPDATE ({sets}) ON {table} TO {role}")
-            cursor.execute(f"SET ROLE {role}")
-            calls = []
-            for i, record in enumerate((first, second)):
-                with CaptureQueriesContext(connection) as queries:
-                    written, _loaded = OutboxMessage.objects.record_attempts(
-                        [(record, attempt_for(record, f"u{i}@example.com", "250 ok"))]
-                    )
-                assert written == {record.pk}
-                calls.append(len(function_calls(queries)))
-            assert calls == [1, 0]
-        finally:
-            cursor.execute("RESET ROLE")
-            cursor.execute(f"DROP OWNED BY {role}")
-            cursor.execute(f"DROP ROLE {role}")
+    with a_role("cols") as (cursor, role):
+        cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        cursor.execute(f"REVOKE UPDATE ON {table} FROM {role}")
+        cursor.execute(f"GRANT UPDATE ({sets}) ON {table} TO {role}")
+        cursor.execute(f"SET ROLE {role}")
+        calls = []
+        for i, record in enumerate((first, second)):
+            with CaptureQueriesContext(connection) as queries:
+                written, _loaded = OutboxMessage.objects.record_attempts(
+                    [(record, attempt_for(record, f"u{i}@example.com", "250 ok"))]
+                )
+            assert written == {record.pk}
+            calls.append(len(function_calls(queries)))
+        assert calls == [1, 0]
