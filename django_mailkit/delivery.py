@@ -41,7 +41,7 @@ from django.db import router
 from django.utils import timezone
 
 from . import conf, suppression
-from ._sql import many_values
+from ._sql import one_of
 from .backends.base import BaseEmailBackend
 from .envelope import envelope_address, stored_envelope
 from .handler import mailers
@@ -234,7 +234,7 @@ def deliver_batch(
     for message_id, address, status in (
         # The primary, never a replica that may lag behind the claim.
         Recipient.objects.using(db := router.db_for_write(Recipient))
-        .filter(message_id__in=many_values([m.pk for m in messages], db, integers=True))
+        .filter(one_of("message_id", [m.pk for m in messages], db, integers=True))
         .order_by("id")
         .values_list("message_id", "address", "status")
     ):

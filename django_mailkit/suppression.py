@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import router
 from django.utils import timezone
 
-from ._sql import many_values
+from ._sql import one_of
 from .envelope import envelope_address
 from .exceptions import InvalidAddress
 from .models import Suppression, SuppressionReason
@@ -281,7 +281,7 @@ def suppressed_recipients(
     found: dict[int, dict[str, str]] = {}
     for start in range(0, len(keys), _CHUNK):
         rows = Suppression.objects.using(db).filter(
-            address__in=many_values(keys[start : start + _CHUNK], db),
+            one_of("address", keys[start : start + _CHUNK], db),
             mailer__in=scopes,
         )
         # A mailer's own entry is listed before the global one.

@@ -28,6 +28,7 @@ from django_mailkit.models import (
     Recipient,
     RecipientStatus,
     Status,
+    Suppression,
     SuppressionReason,
 )
 from django_mailkit.worker import Worker
@@ -240,6 +241,45 @@ def test_a_batch_reads_its_recipients_and_suppressions_whatever_the_text(outbox)
     assert sorted(skipped.values_list("message_id", flat=True)) == sorted(
         result.suppressed
     )
+
+
+def seq_scans(*models):
+    """This transaction's scans of each model's whole table so far (PostgreSQL)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables "
+            "WHERE relname = ANY(%s)",
+            [[model._meta.db_table for model in models]],
+        )
+        return dict(cursor.fetchall())
+
+
+def test_a_batch_reads_its_rows_by_key_in_a_small_outbox(outbox, postgresql):
+    """
+    Some thousands of recipients, freshly analyzed: looked up ``IN`` a
+    subquery, a batch's recipients were hashed over a scan of the whole
+    table wherever the planner thought it small (about 16,000 rows).
+    """
+    from django.db import connection, transaction
+
+    queue(*([f"old{i}@example.com", f"old{i}@example.org"] for i in range(1500)))
+    OutboxMessage.objects.update(status=Status.SENT)
+    suppression.suppress(
+        [f"gone{i}@example.com" for i in range(1500)] + ["u1@example.com"],
+        reason=SuppressionReason.IMPORTED,
+    )
+    queue(["u0@example.com"], ["u1@example.com"])
+    claimed = OutboxMessage.objects.claim("w", limit=10, lease=LEASE)
+    tables = (OutboxMessage, Recipient, Suppression)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(t._meta.db_table for t in tables)}")
+    with transaction.atomic():
+        before = seq_scans(*tables)
+        result = deliver_batch(claimed, worker="w", lease=LEASE)
+        assert seq_scans(*tables) == before
+    assert (result.sent, result.suppressed) == ([claimed[0].pk], [claimed[1].pk])
 
 
 # On PostgreSQL, migrate installs the group statement as a function (its

@@ -29,6 +29,7 @@ from tests.test_outbox_drain_path import (  # noqa: F401 (outbox: a fixture)
     attempt_for,
     claimed_group,
     outbox,
+    seq_scans,
 )
 
 pytestmark = [
@@ -197,17 +198,6 @@ def test_the_function_does_exactly_what_the_statement_does(
     else:
         assert {row["status"] for row in messages} == {Status.SENDING}
         assert attempts == []
-
-
-def seq_scans(*models):
-    """This transaction's scans of each model's whole table so far."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables "
-            "WHERE relname = ANY(%s)",
-            [[model._meta.db_table for model in models]],
-        )
-        return dict(cursor.fetchall())
 
 
 @pytest.mark.parametrize("way", ["function", "statement"])
