@@ -732,7 +732,14 @@ def one_of(field: str, values: list[Any], db: str, *, integers: bool = False) ->
     return models.Q(**{f"{field}__in": values})
 
 
-class _AnyOf(Lookup[Any]):
+if TYPE_CHECKING:
+    # Generic in django-stubs only: not subscriptable at run time.
+    _LookupBase = Lookup[Any]
+else:
+    _LookupBase = Lookup
+
+
+class _AnyOf(_LookupBase):
     """``lhs = ANY (ARRAY(rhs))``, ``rhs`` a subquery (``one_of()``)."""
 
     lookup_name = "mailkit_any_of"  # never registered: used as it is
