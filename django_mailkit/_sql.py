@@ -625,6 +625,42 @@ def install_record_function(using: str, **kwargs: Any) -> None:
     _available.pop(using, None)
 
 
+def record_functions(db: str) -> list[tuple[str, bool]]:
+    """
+    The record functions of every version in ``db``'s schema for them (the
+    first of the search path, where ``migrate`` installs this version's):
+    each one's signature, and whether it is this version's. Other schemas'
+    (another deployment's) are left out.
+    """
+    name, _definition = record_function(db)
+    with connections[db].cursor() as cursor:
+        cursor.execute(
+            "SELECT p.oid::regprocedure::text, p.proname = %s FROM pg_proc AS p "
+            "WHERE p.proname LIKE 'mailkit\\_record\\_%%' "
+            "AND p.pronamespace = to_regnamespace(current_schema()) ORDER BY 1",
+            [name],
+        )
+        return [(signature, bool(current)) for signature, current in cursor]
+
+
+def drop_record_functions(db: str) -> list[str]:
+    """
+    Drop the record functions of other versions (``record_functions()``);
+    return their signatures. Workers of those versions still running send
+    the statement itself from then on.
+    """
+    dropped = []
+    with transaction.atomic(using=db), connections[db].cursor() as cursor:
+        # Not while a migrate installs one.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK])
+        for signature, current in record_functions(db):
+            if not current:
+                # As PostgreSQL prints it: every name quoted as needed.
+                cursor.execute(f"DROP FUNCTION {signature}")
+                dropped.append(signature)
+    return dropped
+
+
 #: The advisory lock install_record_function() takes (a 64-bit key).
 _INSTALL_LOCK = int.from_bytes(
     hashlib.sha256(b"django_mailkit.install_record_function").digest()[:8],

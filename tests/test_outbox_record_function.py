@@ -514,3 +514,85 @@ def test_a_role_that_may_update_only_some_columns_sends_the_statement(postgresql
             assert written == {record.pk}
             calls.append(len(function_calls(queries)))
         assert calls == [1, 0]
+
+
+def quoted(name):
+    """An SQL identifier, whatever it holds (quote_name() leaves quotes be)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def an_old_function(name, schema=None):
+    """A function with the record function's signature, as a version's."""
+    where = f"{quoted(schema)}." if schema else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE FUNCTION {where}{quoted(name)}"
+            f"({_sql._ARGUMENTS}) RETURNS TABLE (o_kind text, o_id bigint, "
+            "o_size integer, o_mime bytea) LANGUAGE sql "
+            "AS 'SELECT NULL::text, NULL::bigint, NULL::integer, NULL::bytea'"
+        )
+
+
+def test_the_functions_command_drops_other_versions_of_this_schema_only(postgresql):
+    import io
+
+    from django.core.management import call_command
+
+    from tests.test_commands import HOSTILE
+
+    other = f"{connection.settings_dict['NAME']}_other"
+    old = "mailkit_record_0000000000000000"
+    # A name made to break out of the DROP, or to reach the terminal.
+    evil = f'mailkit_record_x"(json); DROP TABLE {OutboxMessage._meta.db_table}; --'
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {quoted(other)}")
+    try:
+        an_old_function(old)
+        an_old_function(evil + HOSTILE)
+        an_old_function("mailkit_record_1111111111111111", schema=other)
+        out = io.StringIO()
+        call_command("mailkit_outbox", "functions", stdout=out)
+        listed = out.getvalue()
+        assert f"{postgresql}(json,json,json,integer,json)  (this version's)" in listed
+        assert f"{old}(json,json,json,integer,json)\n" in listed
+        assert "1111111111111111" not in listed  # another deployment's schema
+        assert "\x1b" not in listed and "\x9b" not in listed
+        assert len(_sql.record_functions("default")) == 3
+
+        out = io.StringIO()
+        call_command("mailkit_outbox", "functions", "--drop-old", stdout=out)
+        assert "Dropped 2 record function(s) of other versions" in out.getvalue()
+        assert "\x1b" not in out.getvalue()
+        assert _sql.record_functions("default") == [
+            (f"{postgresql}(json,json,json,integer,json)", True)
+        ]
+        assert OutboxMessage.objects.count() == 0  # the table is still there
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = to_regnamespace(%s)",
+                [other],
+            )
+            assert cursor.fetchone() == (1,)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA {quoted(other)} CASCADE")
+            for name in (old, evil + HOSTILE):
+                cursor.execute(
+                    f"DROP FUNCTION IF EXISTS {quoted(name)}({_sql._ARGUMENTS})"
+                )
+
+
+def test_the_functions_command_says_when_this_versions_is_missing(postgresql):
+    import io
+
+    from django.core.management import call_command
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP FUNCTION {signature()}")
+    out = io.StringIO()
+    call_command("mailkit_outbox", "functions", "--drop-old", stdout=out)
+    assert out.getvalue() == (
+        "Dropped 0 record function(s) of other versions on 'default'.\n"
+        "This version's record function is not installed on 'default': workers "
+        "send the statement itself. Run migrate to install it.\n"
+    )

@@ -6,10 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections, router
 from django.db.models import Count
 from django.utils import timezone
 
-from ... import conf
+from ... import _sql, conf
 from ...handler import mailers
 from ...models import FINAL_STATUSES, OutboxMessage, RecipientStatus, Status
 from ..options import MAX_COUNT, MAX_DAYS, MAX_ID, mailer_alias, printable, whole_number
@@ -18,7 +19,10 @@ STATUSES = [value for value, _ in Status.choices]
 
 
 class Command(BaseCommand):
-    help = "List, show, requeue, cancel or purge outbox messages."
+    help = (
+        "List, show, requeue, cancel or purge outbox messages; list or drop "
+        "the worker's record functions."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -64,6 +68,17 @@ class Command(BaseCommand):
             help="Only these statuses (default: every final status).",
         )
         purge.add_argument("--dry-run", action="store_true")
+
+        functions = sub.add_parser(
+            "functions",
+            help="List the worker's record functions in the database (PostgreSQL).",
+        )
+        functions.add_argument(
+            "--drop-old",
+            action="store_true",
+            help="Drop those of other versions of django_mailkit (their "
+            "workers, if any still run, send the statement itself instead).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options.get("using") is not None:
@@ -196,6 +211,33 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Deleted {total} message(s) older than {days} days ({detail})."
         )
+
+    def handle_functions(self, options: dict[str, Any]) -> None:
+        db = router.db_for_write(OutboxMessage)
+        vendor = connections[db].vendor
+        if vendor != "postgresql":
+            self.stdout.write(
+                f"Record functions are installed on PostgreSQL only; the "
+                f"outbox's database {db!r} is {vendor}: nothing to do."
+            )
+            return
+        if options["drop_old"]:
+            dropped = _sql.drop_record_functions(db)
+            for signature in dropped:
+                self.stdout.write(f"Dropped {printable(signature)}")
+            self.stdout.write(
+                f"Dropped {len(dropped)} record function(s) of other versions "
+                f"on {db!r}."
+            )
+        found = _sql.record_functions(db)
+        for signature, current in found:
+            mark = "  (this version's)" if current else ""
+            self.stdout.write(f"{printable(signature)}{mark}")
+        if not any(current for _signature, current in found):
+            self.stdout.write(
+                f"This version's record function is not installed on {db!r}: "
+                f"workers send the statement itself. Run migrate to install it."
+            )
 
     def _get(self, value: Any) -> OutboxMessage:
         pk = whole_number("A message id", value, minimum=1, maximum=MAX_ID)
