@@ -323,3 +323,18 @@ def test_from_the_shell_one_line_and_a_non_zero_exit(command, expected):
     assert done.stderr.strip().splitlines()[-1] == expected
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.django_db
+def test_functions_elsewhere_than_postgresql_has_nothing_to_do():
+    # PostgreSQL's listing and dropping: tests/test_outbox_record_function.py.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        pytest.skip("the other databases")
+    out = io.StringIO()
+    call_command("mailkit_outbox", "functions", "--drop-old", stdout=out)
+    assert out.getvalue() == (
+        "Record functions are installed on PostgreSQL only; the outbox's "
+        f"database 'default' is {connection.vendor}: nothing to do.\n"
+    )

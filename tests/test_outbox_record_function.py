@@ -538,17 +538,17 @@ def test_the_functions_command_drops_other_versions_of_this_schema_only(postgres
 
     from django.core.management import call_command
 
-    from tests.test_commands import HOSTILE
-
     other = f"{connection.settings_dict['NAME']}_other"
     old = "mailkit_record_0000000000000000"
-    # A name made to break out of the DROP, or to reach the terminal.
-    evil = f'mailkit_record_x"(json); DROP TABLE {OutboxMessage._meta.db_table}; --'
+    # A name made to break out of the DROP, and to reach the terminal (all
+    # of it within PostgreSQL's 63 bytes).
+    evil = 'mailkit_record_"(json); --\x1b[2J\x1b]0;pwned\x07\rPAID\n\x9b31m'
+    assert len(evil.encode()) <= 63
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE SCHEMA {quoted(other)}")
     try:
         an_old_function(old)
-        an_old_function(evil + HOSTILE)
+        an_old_function(evil)
         an_old_function("mailkit_record_1111111111111111", schema=other)
         out = io.StringIO()
         call_command("mailkit_outbox", "functions", stdout=out)
@@ -576,7 +576,7 @@ def test_the_functions_command_drops_other_versions_of_this_schema_only(postgres
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP SCHEMA {quoted(other)} CASCADE")
-            for name in (old, evil + HOSTILE):
+            for name in (old, evil):
                 cursor.execute(
                     f"DROP FUNCTION IF EXISTS {quoted(name)}({_sql._ARGUMENTS})"
                 )
