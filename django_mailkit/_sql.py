@@ -627,36 +627,48 @@ def install_record_function(using: str, **kwargs: Any) -> None:
 
 def record_functions(db: str) -> list[tuple[str, bool]]:
     """
-    The record functions of every version in ``db``'s schema for them (the
-    first of the search path, where ``migrate`` installs this version's):
-    each one's signature, and whether it is this version's. Other schemas'
-    (another deployment's) are left out.
+    The record functions of every version in the schema ``migrate`` installs
+    them into (``current_schema()``, the first of the search path): each
+    one's signature, schema-qualified and quoted as needed, and whether it
+    is this version's. Only functions named and typed as a version's are
+    listed; other schemas' (another deployment's) never are.
     """
     name, _definition = record_function(db)
     with connections[db].cursor() as cursor:
         cursor.execute(
-            "SELECT p.oid::regprocedure::text, p.proname = %s FROM pg_proc AS p "
-            "WHERE p.proname LIKE 'mailkit\\_record\\_%%' "
-            "AND p.pronamespace = to_regnamespace(current_schema()) ORDER BY 1",
-            [name],
+            "SELECT format('%%I.%%I(%%s)', n.nspname, p.proname, %s), "
+            "p.proname = %s FROM pg_proc AS p "
+            "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = current_schema() AND p.prokind = 'f' "
+            "AND p.proname ~ '^mailkit_record_[0-9a-f]{16}$' "
+            "AND pg_get_function_identity_arguments(p.oid) = %s ORDER BY p.proname",
+            [_ARGUMENTS, name, _ARGUMENTS],
         )
         return [(signature, bool(current)) for signature, current in cursor]
 
 
 def drop_record_functions(db: str) -> list[str]:
     """
-    Drop the record functions of other versions (``record_functions()``);
-    return their signatures. Workers of those versions still running send
-    the statement itself from then on.
+    Drop the record functions of other versions (``record_functions()``),
+    unless this version's is missing (run from an older version, that would
+    drop the newer one's); return their signatures. Workers of those
+    versions still running send the statement itself from then on.
     """
+    connection = connections[db]
     dropped = []
-    with transaction.atomic(using=db), connections[db].cursor() as cursor:
-        # Not while a migrate installs one.
+    with transaction.atomic(using=db), connection.cursor() as cursor:
+        if connection.in_atomic_block and not connection.savepoint_ids:
+            # The transaction's first statement, so that the listing below
+            # sees what a drop that held the lock before this one committed.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        # Not while a migrate installs one, nor another drop runs.
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK])
-        for signature, current in record_functions(db):
+        found = record_functions(db)
+        if not any(current for _signature, current in found):
+            return []
+        for signature, current in found:
             if not current:
-                # As PostgreSQL prints it: every name quoted as needed.
-                cursor.execute(f"DROP FUNCTION {signature}")
+                cursor.execute(f"DROP FUNCTION IF EXISTS {signature}")
                 dropped.append(signature)
     return dropped
 

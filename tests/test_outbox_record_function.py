@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.management.base import CommandError
 from django.db import connection, connections, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
@@ -521,78 +522,126 @@ def quoted(name):
     return '"' + name.replace('"', '""') + '"'
 
 
-def an_old_function(name, schema=None):
+def an_old_function(name, schema=None, arguments=_sql._ARGUMENTS):
     """A function with the record function's signature, as a version's."""
     where = f"{quoted(schema)}." if schema else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE FUNCTION {where}{quoted(name)}"
-            f"({_sql._ARGUMENTS}) RETURNS TABLE (o_kind text, o_id bigint, "
+            f"({arguments}) RETURNS TABLE (o_kind text, o_id bigint, "
             "o_size integer, o_mime bytea) LANGUAGE sql "
             "AS 'SELECT NULL::text, NULL::bigint, NULL::integer, NULL::bytea'"
         )
 
 
-def test_the_functions_command_drops_other_versions_of_this_schema_only(postgresql):
+def functions_command(*args):
     import io
 
     from django.core.management import call_command
 
-    other = f"{connection.settings_dict['NAME']}_other"
-    old = "mailkit_record_0000000000000000"
-    # A name made to break out of the DROP, and to reach the terminal (all
-    # of it within PostgreSQL's 63 bytes).
-    evil = 'mailkit_record_"(json); --\x1b[2J\x1b]0;pwned\x07\rPAID\n\x9b31m'
-    assert len(evil.encode()) <= 63
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE SCHEMA {quoted(other)}")
-    try:
-        an_old_function(old)
-        an_old_function(evil)
-        an_old_function("mailkit_record_1111111111111111", schema=other)
-        out = io.StringIO()
-        call_command("mailkit_outbox", "functions", stdout=out)
-        listed = out.getvalue()
-        assert f"{postgresql}(json,json,json,integer,json)  (this version's)" in listed
-        assert f"{old}(json,json,json,integer,json)\n" in listed
-        assert "1111111111111111" not in listed  # another deployment's schema
-        assert "\x1b" not in listed and "\x9b" not in listed
-        assert len(_sql.record_functions("default")) == 3
+    out = io.StringIO()
+    call_command("mailkit_outbox", "functions", *args, stdout=out)
+    return out.getvalue()
 
-        out = io.StringIO()
-        call_command("mailkit_outbox", "functions", "--drop-old", stdout=out)
-        assert "Dropped 2 record function(s) of other versions" in out.getvalue()
-        assert "\x1b" not in out.getvalue()
-        assert _sql.record_functions("default") == [
-            (f"{postgresql}(json,json,json,integer,json)", True)
-        ]
-        assert OutboxMessage.objects.count() == 0  # the table is still there
+
+def schemas_functions():
+    """Every function of every schema but the system's: (schema, name, args)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) "
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "ORDER BY 1, 2, 3"
+        )
+        return cursor.fetchall()
+
+
+@contextlib.contextmanager
+def extra_objects(*statements, drop):
+    """Create a test's own objects; drop them after, whatever happened."""
+    try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_proc WHERE pronamespace = to_regnamespace(%s)",
-                [other],
-            )
-            assert cursor.fetchone() == (1,)
+            for statement in statements:
+                cursor.execute(statement)
+        yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(f"DROP SCHEMA {quoted(other)} CASCADE")
-            for name in (old, evil):
-                cursor.execute(
-                    f"DROP FUNCTION IF EXISTS {quoted(name)}({_sql._ARGUMENTS})"
-                )
+            cursor.execute("RESET search_path")
+            for statement in drop:
+                cursor.execute(statement)
 
 
-def test_the_functions_command_says_when_this_versions_is_missing(postgresql):
-    import io
+def test_the_functions_command_drops_only_other_versions_of_its_schema(postgresql):
+    old = "mailkit_record_0000000000000000"
+    current = f"public.{postgresql}({_sql._ARGUMENTS})"
+    # Not a version's: another deployment's schema (the same name but for
+    # its capitals), a project's function named alike, an overload, a
+    # procedure, a name made to break out of the DROP and reach the
+    # terminal (within PostgreSQL's 63 bytes).
+    evil = 'mailkit_record_"(json); --\x1b[2J\x1b]0;pwned\x07\rPAID\n\x9b31m'
+    assert len(evil.encode()) <= 63
+    with extra_objects(
+        'CREATE SCHEMA "Tenant"',
+        "CREATE SCHEMA tenant",
+        "CREATE FUNCTION mailkit_record_stats(text) RETURNS int "
+        "LANGUAGE sql AS 'SELECT 1'",
+        f"CREATE FUNCTION {old}(integer) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE PROCEDURE mailkit_record_1234567890abcdef() LANGUAGE sql AS 'SELECT 1'",
+        drop=[
+            'DROP SCHEMA "Tenant" CASCADE',
+            "DROP SCHEMA tenant CASCADE",
+            "DROP FUNCTION IF EXISTS mailkit_record_stats(text)",
+            f"DROP FUNCTION IF EXISTS {old}(integer)",
+            f"DROP FUNCTION IF EXISTS {old}({_sql._ARGUMENTS})",
+            f"DROP FUNCTION IF EXISTS {quoted(evil)}({_sql._ARGUMENTS})",
+            "DROP PROCEDURE IF EXISTS mailkit_record_1234567890abcdef()",
+        ],
+    ):
+        an_old_function(old)
+        an_old_function(evil)
+        an_old_function("mailkit_record_1111111111111111", schema="tenant")
+        an_old_function("mailkit_record_2222222222222222", schema="Tenant")
+        before = schemas_functions()
+        listed = functions_command()
+        assert listed == (
+            f"public.{old}({_sql._ARGUMENTS})\n{current}  (this version's)\n"
+        )
+        assert functions_command("--drop-old") == (
+            f"Dropped public.{old}({_sql._ARGUMENTS})\n"
+            "Dropped 1 record function(s) of other versions on 'default'.\n"
+            f"{current}  (this version's)\n"
+        )
+        assert set(before) - set(schemas_functions()) == {
+            ("public", old, _sql._ARGUMENTS)
+        }
+        # From the deployment whose schema is "Tenant" (no function of this
+        # version there): nothing is dropped, in its schema or another's.
+        with connection.cursor() as cursor:
+            cursor.execute('SET search_path = "Tenant", public')
+        before = schemas_functions()
+        assert functions_command() == (
+            f'"Tenant".mailkit_record_2222222222222222({_sql._ARGUMENTS})\n'
+            "This version's record function is not installed on 'default': "
+            "workers send the statement itself. Run migrate to install it.\n"
+        )
+        with pytest.raises(CommandError, match="run migrate first"):
+            functions_command("--drop-old")
+        assert schemas_functions() == before
 
-    from django.core.management import call_command
 
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP FUNCTION {signature()}")
-    out = io.StringIO()
-    call_command("mailkit_outbox", "functions", "--drop-old", stdout=out)
-    assert out.getvalue() == (
-        "Dropped 0 record function(s) of other versions on 'default'.\n"
-        "This version's record function is not installed on 'default': workers "
-        "send the statement itself. Run migrate to install it.\n"
-    )
+def test_the_functions_command_without_the_right_to_drop_is_one_line(postgresql):
+    old = "mailkit_record_0000000000000000"
+    an_old_function(old)
+    try:
+        with a_role("notowner") as (cursor, role):
+            cursor.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+            cursor.execute(f"SET ROLE {role}")
+            with pytest.raises(CommandError) as raised:
+                functions_command("--drop-old")
+            assert str(raised.value) == (
+                "No record function was dropped on 'default': must be owner of "
+                f"function public.{old}"
+            )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP FUNCTION {old}({_sql._ARGUMENTS})")

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.db.models import Count
 from django.utils import timezone
 
@@ -222,7 +222,19 @@ class Command(BaseCommand):
             )
             return
         if options["drop_old"]:
-            dropped = _sql.drop_record_functions(db)
+            if not any(current for _s, current in _sql.record_functions(db)):
+                raise CommandError(
+                    f"This version's record function is not installed on {db!r}, "
+                    f"so --drop-old drops nothing (from an older version, it would "
+                    f"drop the newer one's): run migrate first."
+                )
+            try:
+                dropped = _sql.drop_record_functions(db)
+            except DatabaseError as error:
+                reason = printable(str(error).strip().splitlines()[0])
+                raise CommandError(
+                    f"No record function was dropped on {db!r}: {reason}"
+                ) from None
             for signature in dropped:
                 self.stdout.write(f"Dropped {printable(signature)}")
             self.stdout.write(
