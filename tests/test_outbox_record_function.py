@@ -586,7 +586,8 @@ def test_the_functions_command_drops_only_other_versions_of_its_schema(postgresq
         "CREATE FUNCTION mailkit_record_stats(text) RETURNS int "
         "LANGUAGE sql AS 'SELECT 1'",
         f"CREATE FUNCTION {old}(integer) RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        "CREATE PROCEDURE mailkit_record_1234567890abcdef() LANGUAGE sql AS 'SELECT 1'",
+        f"CREATE PROCEDURE mailkit_record_1234567890abcdef({_sql._ARGUMENTS}) "
+        "LANGUAGE sql AS 'SELECT 1'",
         drop=[
             'DROP SCHEMA "Tenant" CASCADE',
             "DROP SCHEMA tenant CASCADE",
@@ -594,7 +595,8 @@ def test_the_functions_command_drops_only_other_versions_of_its_schema(postgresq
             f"DROP FUNCTION IF EXISTS {old}(integer)",
             f"DROP FUNCTION IF EXISTS {old}({_sql._ARGUMENTS})",
             f"DROP FUNCTION IF EXISTS {quoted(evil)}({_sql._ARGUMENTS})",
-            "DROP PROCEDURE IF EXISTS mailkit_record_1234567890abcdef()",
+            "DROP PROCEDURE IF EXISTS "
+            f"mailkit_record_1234567890abcdef({_sql._ARGUMENTS})",
         ],
     ):
         an_old_function(old)
@@ -626,6 +628,7 @@ def test_the_functions_command_drops_only_other_versions_of_its_schema(postgresq
         )
         with pytest.raises(CommandError, match="run migrate first"):
             functions_command("--drop-old")
+        assert _sql.drop_record_functions("default") == []
         assert schemas_functions() == before
 
 
