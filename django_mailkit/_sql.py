@@ -625,34 +625,45 @@ def install_record_function(using: str, **kwargs: Any) -> None:
     _available.pop(using, None)
 
 
-def record_functions(db: str) -> list[tuple[str, bool]]:
+def record_functions(db: str) -> tuple[list[str], str | None]:
     """
     The record functions of every version in the schema ``migrate`` installs
-    them into (``current_schema()``, the first of the search path): each
-    one's signature, schema-qualified and quoted as needed, and whether it
-    is this version's. Only functions named and typed as a version's are
-    listed; other schemas' (another deployment's) never are.
+    them into (``current_schema()``, the first of the search path), each
+    one's signature (schema-qualified, quoted as needed); and this
+    version's, wherever on the search path the workers find it (None: they
+    don't). Only functions named and typed as a version's are listed;
+    other schemas' (another deployment's) never are.
     """
     name, _definition = record_function(db)
+    signature = "format('%%I.%%I(%%s)', n.nspname, p.proname, %s)"
     with connections[db].cursor() as cursor:
         cursor.execute(
-            "SELECT format('%%I.%%I(%%s)', n.nspname, p.proname, %s), "
-            "p.proname = %s FROM pg_proc AS p "
+            f"SELECT {signature} FROM pg_proc AS p "
             "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
             "WHERE n.nspname = current_schema() AND p.prokind = 'f' "
             "AND p.proname ~ '^mailkit_record_[0-9a-f]{16}$' "
             "AND pg_get_function_identity_arguments(p.oid) = %s ORDER BY p.proname",
-            [_ARGUMENTS, name, _ARGUMENTS],
+            [_ARGUMENTS, _ARGUMENTS],
         )
-        return [(signature, bool(current)) for signature, current in cursor]
+        found = [row[0] for row in cursor.fetchall()]
+        # As the workers look it up (_record_function()).
+        cursor.execute(
+            f"SELECT {signature} FROM pg_proc AS p "
+            "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE p.oid = to_regprocedure(%s)",
+            [_ARGUMENTS, f"{name}({_ARGUMENTS})"],
+        )
+        row = cursor.fetchone()
+    return found, row[0] if row else None
 
 
 def drop_record_functions(db: str) -> list[str]:
     """
     Drop the record functions of other versions (``record_functions()``),
-    unless this version's is missing (run from an older version, that would
-    drop the newer one's); return their signatures. Workers of those
-    versions still running send the statement itself from then on.
+    unless the workers of this version find none (then a copy of this
+    command from a version whose ``migrate`` never ran would drop the one
+    in use); return their signatures. Workers of those versions still
+    running send the statement itself from then on.
     """
     connection = connections[db]
     dropped = []
@@ -663,11 +674,11 @@ def drop_record_functions(db: str) -> list[str]:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         # Not while a migrate installs one, nor another drop runs.
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK])
-        found = record_functions(db)
-        if not any(current for _signature, current in found):
+        found, current = record_functions(db)
+        if current is None:
             return []
-        for signature, current in found:
-            if not current:
+        for signature in found:
+            if signature != current:
                 cursor.execute(f"DROP FUNCTION IF EXISTS {signature}")
                 dropped.append(signature)
     return dropped

@@ -616,20 +616,50 @@ def test_the_functions_command_drops_only_other_versions_of_its_schema(postgresq
         assert set(before) - set(schemas_functions()) == {
             ("public", old, _sql._ARGUMENTS)
         }
-        # From the deployment whose schema is "Tenant" (no function of this
-        # version there): nothing is dropped, in its schema or another's.
+
+        # From the deployment whose schema is "Tenant": its workers find this
+        # version's function in public; only its own schema's other version
+        # goes, not its lowercase twin's.
         with connection.cursor() as cursor:
             cursor.execute('SET search_path = "Tenant", public')
         before = schemas_functions()
+        tenants = f'"Tenant".mailkit_record_2222222222222222({_sql._ARGUMENTS})'
+        further = (
+            f"This version's record function is {current}, further along the "
+            "search path: workers use it.\n"
+        )
+        assert functions_command() == f"{tenants}\n{further}"
+        assert functions_command("--drop-old") == (
+            f"Dropped {tenants}\n"
+            "Dropped 1 record function(s) of other versions on 'default'.\n"
+            f"{further}"
+        )
+        assert set(before) - set(schemas_functions()) == {
+            ("Tenant", "mailkit_record_2222222222222222", _sql._ARGUMENTS)
+        }
+
+
+def test_the_functions_command_without_this_versions_drops_nothing(postgresql):
+    # A copy of the command from a version whose migrate never ran must not
+    # drop the function the workers use.
+    old = "mailkit_record_0000000000000000"
+    an_old_function(old)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP FUNCTION {signature()}")
+        before = schemas_functions()
         assert functions_command() == (
-            f'"Tenant".mailkit_record_2222222222222222({_sql._ARGUMENTS})\n'
+            f"public.{old}({_sql._ARGUMENTS})\n"
             "This version's record function is not installed on 'default': "
             "workers send the statement itself. Run migrate to install it.\n"
         )
-        with pytest.raises(CommandError, match="run migrate first"):
+        with pytest.raises(CommandError, match="so --drop-old drops nothing"):
             functions_command("--drop-old")
         assert _sql.drop_record_functions("default") == []
         assert schemas_functions() == before
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP FUNCTION {old}({_sql._ARGUMENTS})")
 
 
 def test_the_functions_command_without_the_right_to_drop_is_one_line(postgresql):

@@ -222,11 +222,10 @@ class Command(BaseCommand):
             )
             return
         if options["drop_old"]:
-            if not any(current for _s, current in _sql.record_functions(db)):
+            if _sql.record_functions(db)[1] is None:
                 raise CommandError(
                     f"This version's record function is not installed on {db!r}, "
-                    f"so --drop-old drops nothing (from an older version, it would "
-                    f"drop the newer one's): run migrate first."
+                    f"so --drop-old drops nothing: run migrate first."
                 )
             try:
                 dropped = _sql.drop_record_functions(db)
@@ -241,14 +240,19 @@ class Command(BaseCommand):
                 f"Dropped {len(dropped)} record function(s) of other versions "
                 f"on {db!r}."
             )
-        found = _sql.record_functions(db)
-        for signature, current in found:
-            mark = "  (this version's)" if current else ""
+        found, current = _sql.record_functions(db)
+        for signature in found:
+            mark = "  (this version's)" if signature == current else ""
             self.stdout.write(f"{printable(signature)}{mark}")
-        if not any(current for _signature, current in found):
+        if current is None:
             self.stdout.write(
                 f"This version's record function is not installed on {db!r}: "
                 f"workers send the statement itself. Run migrate to install it."
+            )
+        elif current not in found:
+            self.stdout.write(
+                f"This version's record function is {printable(current)}, "
+                f"further along the search path: workers use it."
             )
 
     def _get(self, value: Any) -> OutboxMessage:
