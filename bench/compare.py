@@ -357,9 +357,13 @@ def main() -> None:
         "ratios of the first app to each other one, and their medians",
     )
     args = parser.parse_args()
+    apps = args.apps.split(",")
+    if len(set(apps)) < len(apps):
+        parser.error("--apps: name each app once (--rounds N runs them N times)")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more; got {args.rounds}")
     if args.one_per_commit:
         os.environ["BENCH_ONE_PER_COMMIT"] = "1"
-    apps = args.apps.split(",")
     results: dict[str, list[dict]] = {}
     with smtp_sink() as port:
         for _round in range(args.rounds):
@@ -374,35 +378,50 @@ def main() -> None:
                     f"{r['postgres_cpu_ms_per_msg']} ms = "
                     f"{r['total_cpu_ms_per_msg']} ms"
                 )
+                if args.json:  # after every run: a failure later loses none
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(results, indent=2))
     for line in ratios(apps, results):
         print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 def ratios(apps: list[str], results: dict[str, list[dict]]) -> list[str]:
     """
     Each round's drain and CPU ratios of the first app to each other one
-    (runs of the same round ran one after the other), and their medians.
+    (runs of the same round ran one after the other), and their medians;
+    "n/a" where the other app sent nothing.
     """
-    first, *others = dict.fromkeys(apps)  # each app once, in order
+    first, *others = apps
     lines = []
     for other in others:
-        rounds = list(zip(results[first], results[other], strict=False))
-        drain = [a["msg_per_s"] / b["msg_per_s"] for a, b in rounds]
-        cpu = [a["total_cpu_ms_per_msg"] / b["total_cpu_ms_per_msg"] for a, b in rounds]
+        rounds = list(zip(results[first], results[other], strict=True))
+        drain = [_ratio(a["msg_per_s"], b["msg_per_s"]) for a, b in rounds]
+        cpu = [
+            _ratio(a["total_cpu_ms_per_msg"], b["total_cpu_ms_per_msg"])
+            for a, b in rounds
+        ]
         lines.append(
-            f"{first} / {other}, per round: drain "
-            + ", ".join(f"{x:.2f}" for x in drain)
-            + "; CPU per message "
-            + ", ".join(f"{x:.2f}" for x in cpu)
+            f"{first} / {other}, per round: drain {_shown(drain)}; "
+            f"CPU per message {_shown(cpu)}"
         )
         lines.append(
-            f"  medians: drain {statistics.median(drain):.2f}x, "
-            f"CPU per message {statistics.median(cpu):.2f}x"
+            f"  medians: drain {_shown([_median(drain)])}x, "
+            f"CPU per message {_shown([_median(cpu)])}x"
         )
     return lines
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _shown(values: list[float | None]) -> str:
+    return ", ".join("n/a" if v is None else f"{v:.2f}" for v in values)
 
 
 if __name__ == "__main__":

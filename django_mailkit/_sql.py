@@ -1,5 +1,6 @@
 """
-The outbox's hand-written SQL: the per-message writes of a worker.
+The outbox's hand-written SQL: the per-message writes of a worker, and
+its batch's lookups.
 
 ``begin_attempt_returning()`` counts the attempt of a message sent alone
 and loads its bytes in one fenced UPDATE ... RETURNING (PostgreSQL, SQLite
@@ -29,8 +30,15 @@ cost): the benefit of a prepared statement, without one, so it works behind
 a transaction-pooling pgbouncer too. Until ``migrate`` has installed the
 function for this version of the code, the statement goes as it is.
 
+``record_functions()`` and ``drop_record_functions()`` list the functions
+of every version in the database, and drop other versions' (``manage.py
+mailkit_outbox functions``).
+
 ``claim_returning()`` is the claim's conditional UPDATE on PostgreSQL,
 returning the claimed rows (no read-back).
+
+``one_of()`` is a batch's lookup of many values (its recipients, their
+suppressions) as one JSON parameter, read by index on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -510,12 +518,15 @@ def _record_function_parts(db: str) -> tuple[str, str, str]:
         "LANGUAGE plpgsql VOLATILE "
         f"AS $mailkit${source}$mailkit$"
     )
-    digest = hashlib.sha256(definition.encode()).hexdigest()[:16]
-    name = f"mailkit_record_{digest}"
+    digest = hashlib.sha256(definition.encode()).hexdigest()[:_DIGITS]
+    name = f"{_PREFIX}{digest}"
     return name, source, f"CREATE OR REPLACE FUNCTION {name}{definition}"
 
 
 _ARGUMENTS = "json, json, json, integer, json"
+#: A version's function is named _PREFIX and _DIGITS hex digits of a hash.
+_PREFIX = "mailkit_record_"
+_DIGITS = 16
 
 # SQLSTATEs of a call of a function that is gone, or may not be run.
 _UNDEFINED_FUNCTION = "42883"
@@ -641,9 +652,9 @@ def record_functions(db: str) -> tuple[list[str], str | None]:
             f"SELECT {signature} FROM pg_proc AS p "
             "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
             "WHERE n.nspname = current_schema() AND p.prokind = 'f' "
-            "AND p.proname ~ '^mailkit_record_[0-9a-f]{16}$' "
+            "AND p.proname ~ %s "
             "AND pg_get_function_identity_arguments(p.oid) = %s ORDER BY p.proname",
-            [_ARGUMENTS, _ARGUMENTS],
+            [_ARGUMENTS, f"^{_PREFIX}[0-9a-f]{{{_DIGITS}}}$", _ARGUMENTS],
         )
         found = [row[0] for row in cursor.fetchall()]
         # As the workers look it up (_record_function()).
@@ -667,8 +678,10 @@ def drop_record_functions(db: str) -> list[str]:
     """
     connection = connections[db]
     dropped = []
+    # A transaction of its own (not one its caller began and used already).
+    own = connection.get_autocommit()
     with transaction.atomic(using=db), connection.cursor() as cursor:
-        if connection.in_atomic_block and not connection.savepoint_ids:
+        if own:
             # The transaction's first statement, so that the listing below
             # sees what a drop that held the lock before this one committed.
             cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")

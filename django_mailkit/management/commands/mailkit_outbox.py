@@ -71,13 +71,16 @@ class Command(BaseCommand):
 
         functions = sub.add_parser(
             "functions",
-            help="List the worker's record functions in the database (PostgreSQL).",
+            help="List the worker's record functions in the outbox's database "
+            "(PostgreSQL): those not marked as this version's are what "
+            "--drop-old drops.",
         )
         functions.add_argument(
             "--drop-old",
             action="store_true",
-            help="Drop those of other versions of django_mailkit (their "
-            "workers, if any still run, send the statement itself instead).",
+            help="Drop those of other versions (their workers, if any still run, "
+            "send the statement itself instead). Run it from the newest version: "
+            "from an older one it drops the newer one's.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
