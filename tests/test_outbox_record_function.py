@@ -678,3 +678,58 @@ def test_the_functions_command_without_the_right_to_drop_is_one_line(postgresql)
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP FUNCTION {old}({_sql._ARGUMENTS})")
+
+
+def test_a_drop_that_waited_for_another_lists_what_is_left(postgresql):
+    """
+    Two ``--drop-old`` at once, on a database whose transactions are
+    REPEATABLE READ by default: the second, let through by the first's
+    commit, must see that the first dropped the old function.
+    """
+    old = "mailkit_record_0000000000000000"
+    an_old_function(old)
+    name = connection.settings_dict["NAME"]
+    quoted_name = connection.ops.quote_name(name)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER DATABASE {quoted_name} "
+            "SET default_transaction_isolation = 'repeatable read'"
+        )
+    results = []
+
+    def other_drop():
+        try:
+            results.append(_sql.drop_record_functions("default"))
+        except Exception as error:
+            results.append(error)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_drop)
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # This one holds the lock, and drops the old function.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_sql._INSTALL_LOCK])
+                thread.start()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND wait_event_type = 'Lock'"
+                    )
+                    if cursor.fetchone() == (1,):
+                        break
+                    time.sleep(0.02)
+                else:
+                    pytest.fail("the other drop never waited")
+                cursor.execute(f"DROP FUNCTION {old}({_sql._ARGUMENTS})")
+        thread.join(10)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"ALTER DATABASE {quoted_name} RESET default_transaction_isolation"
+            )
+            cursor.execute(f"DROP FUNCTION IF EXISTS {old}({_sql._ARGUMENTS})")
+    assert results == [[]]
