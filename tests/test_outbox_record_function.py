@@ -684,7 +684,10 @@ def test_a_drop_that_waited_for_another_lists_what_is_left(postgresql):
     """
     Two ``--drop-old`` at once, on a database whose transactions are
     REPEATABLE READ by default: the second, let through by the first's
-    commit, must see that the first dropped the old function.
+    commit, must see that the first dropped the old function. (Either
+    guard is enough: its own transaction READ COMMITTED, or the listing's
+    argument test, which asks the catalog as it is now. This fails
+    without both.)
     """
     old = "mailkit_record_0000000000000000"
     an_old_function(old)
