@@ -309,6 +309,22 @@ def test_a_role_that_may_not_execute_it_sends_the_statement(postgresql):
     assert OutboxMessage.objects.filter(status=Status.SENT).count() == 2
 
 
+def wait_until_the_other_waits(what):
+    """Until one other session of this database waits for a lock (10 s)."""
+    deadline = time.monotonic() + 10
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone() == (1,):
+                return
+            time.sleep(0.02)
+    pytest.fail(f"the other {what} never waited")
+
+
 @pytest.mark.parametrize("there", [False, True], ids=["new version", "same version"])
 def test_two_migrates_at_once_both_succeed(postgresql, there):
     """
@@ -335,19 +351,7 @@ def test_two_migrates_at_once_both_succeed(postgresql, there):
         # comes.
         _sql.install_record_function("default")
         thread.start()
-        deadline = time.monotonic() + 10
-        with connection.cursor() as cursor:
-            while time.monotonic() < deadline:
-                cursor.execute("SELECT pg_stat_clear_snapshot()")
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                    "current_database() AND wait_event_type = 'Lock'"
-                )
-                if cursor.fetchone() == (1,):
-                    break
-                time.sleep(0.02)
-            else:
-                pytest.fail("the other migrate never waited")
+        wait_until_the_other_waits("migrate")
     thread.join(10)
     assert errors == []
     assert _sql._record_function("default") == postgresql
@@ -715,18 +719,7 @@ def test_a_drop_that_waited_for_another_lists_what_is_left(postgresql):
                 # This one holds the lock, and drops the old function.
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_sql._INSTALL_LOCK])
                 thread.start()
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    cursor.execute("SELECT pg_stat_clear_snapshot()")
-                    cursor.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                        "current_database() AND wait_event_type = 'Lock'"
-                    )
-                    if cursor.fetchone() == (1,):
-                        break
-                    time.sleep(0.02)
-                else:
-                    pytest.fail("the other drop never waited")
+                wait_until_the_other_waits("drop")
                 cursor.execute(f"DROP FUNCTION {old}({_sql._ARGUMENTS})")
         thread.join(10)
     finally:
