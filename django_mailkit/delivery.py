@@ -48,7 +48,14 @@ from .handler import mailers
 from .limits import Gate
 from .message import EmailMessage
 from .models import Attempt, AttemptRecord, OutboxMessage, Recipient, RecipientStatus
-from .smtp_session import Transmission, accepted, decode_reply, known_code
+from .smtp_session import (
+    Job,
+    NotStarted,
+    Transmission,
+    accepted,
+    decode_reply,
+    known_code,
+)
 
 logger = logging.getLogger("django_mailkit.delivery")
 
@@ -265,9 +272,13 @@ def deliver_batch(
     # worker holds the lease; the attempt is counted, in memory for a
     # group's), False if the lease was lost.
     begun: dict[int, bool] = {}
+    # Messages sent in an earlier message's run (_Run), recorded already.
+    done: set[int] = set()
     try:
         for index, record in enumerate(messages):
             pk = record.pk
+            if pk in done:
+                continue
             if stopping():
                 recorder.flush()
                 for rest in messages[index:]:
@@ -295,33 +306,43 @@ def deliver_batch(
                 _lease_lost(record, worker, "before sending")
                 result.add(Result.LEASE_LOST, pk)
                 continue
-            started = timezone.now()
             backend: BaseEmailBackend | Exception | None = None
+            sent: list[tuple[OutboxMessage, Any, Outcome]] = []
+            since = time.monotonic()
             try:
                 if pending[pk]:
                     backend = _connection_for(record.mailer, connections)
-                    outcome = _attempt(record, backend, pending[pk], lease)
+                    run = _Run(record, backend, pending, lease, recorder, stopping)
+                    run.join(messages[index + 1 :], begun)
+                    sent = run.send(since)
                 else:
                     # Nobody left to send to (all suppressed): no connection.
-                    outcome = Outcome(Kind.SENT)
+                    sent = [(record, timezone.now(), Outcome(Kind.SENT))]
             finally:
                 record.forget_bytes()
-            if outcome.connection_lost and isinstance(backend, BaseEmailBackend):
+                for other, _, _ in sent:
+                    other.forget_bytes()
+            if isinstance(backend, BaseEmailBackend) and any(
+                outcome.connection_lost for _, _, outcome in sent
+            ):
                 # Start afresh for the next message of this mailer. (A mailer
                 # that could not even connect stays failed for this batch.)
                 _close(connections.pop(record.mailer, None))
-            attempt = _classify(
-                record,
-                outcome,
-                worker=worker,
-                started=started,
-                pending=pending[pk],
-                delivered_before=pk in delivered_before,
-                failed_before=pk in failed_before,
-                suppressed=suppressed.get(pk, {}),
-                suppressed_before=pk in suppressed_before,
-            )
-            recorder.add(record, attempt, outcome)
+            for sent_record, started, outcome in sent:
+                sent_pk = sent_record.pk
+                done.add(sent_pk)
+                attempt = _classify(
+                    sent_record,
+                    outcome,
+                    worker=worker,
+                    started=started,
+                    pending=pending[sent_pk],
+                    delivered_before=sent_pk in delivered_before,
+                    failed_before=sent_pk in failed_before,
+                    suppressed=suppressed.get(sent_pk, {}),
+                    suppressed_before=sent_pk in suppressed_before,
+                )
+                recorder.add(sent_record, attempt, outcome, since=since)
             if index + 1 < len(messages) and stopping():
                 recorder.flush()  # the release follows at the next message
         recorder.flush()
@@ -451,10 +472,16 @@ class _Recorder:
         self.oldest = 0.0
 
     def add(
-        self, record: OutboxMessage, attempt: AttemptRecord, outcome: Outcome
+        self,
+        record: OutboxMessage,
+        attempt: AttemptRecord,
+        outcome: Outcome,
+        *,
+        since: float,
     ) -> None:
+        """``since``: when its send began (``time.monotonic()``)."""
         if not self.unwritten:
-            self.oldest = time.monotonic()
+            self.oldest = since
         self.unwritten.append((record, attempt))
         self.outcomes[record.pk] = outcome
         if self.due():
@@ -641,25 +668,54 @@ def _attempt(
 ) -> Outcome:
     if not pending:
         return Outcome(Kind.SENT)
-    # The stored row is not trusted: an address that fails the envelope
-    # check (a tampered or migrated row) fails that recipient, here, and
-    # never reaches the wire; the others go ahead.
-    try:
-        envelope, invalid = stored_envelope(record.from_email, pending)
-    except (ValueError, TypeError) as exc:
-        return Outcome(Kind.FAILED, error=f"Not sent: {exc}")
-    refused: dict[str, tuple[int | None, str]] = {
-        address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
-        for address, reason in invalid.items()
-    }
-    if not envelope.recipients:
-        return Outcome(Kind.FAILED, replies=refused, error="; ".join(invalid.values()))
+    prepared = _prepared(record, pending)
+    if isinstance(prepared, Outcome):
+        return prepared
+    envelope, invalid = prepared
     if isinstance(backend, Exception):
         outcome = _failure(backend)
     else:
         outcome = _send(record, backend, envelope, lease)
-    # Replies are keyed by envelope path; results are recorded against the
-    # stored rows, which may differ (a Unicode domain goes out IDNA-encoded).
+    return _as_stored(outcome, envelope, pending, invalid)
+
+
+def _prepared(
+    record: OutboxMessage, pending: list[str]
+) -> tuple[Any, dict[str, str]] | Outcome:
+    """
+    The envelope of ``record`` to its ``pending`` recipients, and the
+    invalid ones; or the outcome, when nobody can be sent to.
+
+    The stored row is not trusted: an address that fails the envelope
+    check (a tampered or migrated row) fails that recipient, here, and
+    never reaches the wire; the others go ahead.
+    """
+    try:
+        envelope, invalid = stored_envelope(record.from_email, pending)
+    except (ValueError, TypeError) as exc:
+        return Outcome(Kind.FAILED, error=f"Not sent: {exc}")
+    if not envelope.recipients:
+        return Outcome(
+            Kind.FAILED, replies=_invalid(invalid), error="; ".join(invalid.values())
+        )
+    return envelope, invalid
+
+
+def _invalid(invalid: dict[str, str]) -> dict[str, tuple[int | None, str]]:
+    return {
+        address: (INVALID_ADDRESS_CODE, f"Not sent: {reason}")
+        for address, reason in invalid.items()
+    }
+
+
+def _as_stored(
+    outcome: Outcome, envelope: Any, pending: list[str], invalid: dict[str, str]
+) -> Outcome:
+    """
+    ``outcome`` with its replies keyed by the stored addresses, which may
+    differ from the envelope's paths (a Unicode domain goes out
+    IDNA-encoded), and the invalid addresses' refusals added.
+    """
     stored = _stored_addresses(envelope, pending, invalid)
     outcome.replies = {
         address: reply
@@ -671,8 +727,144 @@ def _attempt(
         for path in outcome.refused_at_rcpt
         for address in stored.get(path, [path])
     }
-    outcome.replies.update(refused)
+    outcome.replies.update(_invalid(invalid))
     return outcome
+
+
+class _Run:
+    """
+    One message's send, and the messages of its group that follow it over
+    the same SMTP connection.
+
+    With PIPELINING, a message's content goes out with the next message's
+    commands (``transmit_jobs()``): one round trip a message instead of two.
+    Each following message is asked for, right before its first command
+    is written, what the message loop asks before each send: the worker
+    isn't stopping, the outcomes waiting to be written are younger than
+    ``RECORD_GROUP_SECONDS`` (counted from the run's start), and this
+    worker still holds the message's lease. One that may not go is left
+    untried, and the loop takes it from there, as if the run had never
+    reached it; the run goes on with the next (once the worker is stopping
+    or the results are due, none of the rest may go either).
+    """
+
+    def __init__(
+        self,
+        record: OutboxMessage,
+        backend: BaseEmailBackend | Exception,
+        pending: Mapping[int, list[str]],
+        lease: timedelta,
+        recorder: _Recorder,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.record = record
+        self.backend = backend
+        self.pending = pending
+        self.lease = lease
+        self.recorder = recorder
+        self.stopping = stopping
+        self.members: list[tuple[OutboxMessage, Any, dict[str, str]]] = []
+
+    def join(self, rest: list[OutboxMessage], begun: Mapping[int, bool]) -> None:
+        """
+        Take the messages from the start of ``rest`` that can follow: loaded
+        in the group begun last (``begun``), for the same mailer, with
+        someone to send to. Only over a backend that sends jobs (SMTP).
+        """
+        if not hasattr(self.backend, "transmit_jobs"):
+            return
+        first = _prepared(self.record, self.pending[self.record.pk])
+        if isinstance(first, Outcome):
+            return
+        members = [(self.record, *first)]
+        for other in rest:
+            if not begun.get(other.pk) or other.mailer != self.record.mailer:
+                break
+            if not self.pending[other.pk]:
+                break
+            prepared = _prepared(other, self.pending[other.pk])
+            if isinstance(prepared, Outcome):
+                break
+            members.append((other, *prepared))
+        if len(members) > 1:
+            self.members = members
+
+    def send(self, began: float) -> list[tuple[OutboxMessage, Any, Outcome]]:
+        """
+        Send, from ``began`` (``time.monotonic()``); each message that went,
+        when it started, and its outcome.
+        """
+        record = self.record
+        started = timezone.now()
+        if not self.members:
+            outcome = _attempt(
+                record, self.backend, self.pending[record.pk], self.lease
+            )
+            return [(record, started, outcome)]
+        times = {record.pk: started}
+        try:
+            jobs = [
+                Job(
+                    envelope,
+                    bytes(member.mime),
+                    keep_going=_lease_keeper(member, self.lease),
+                    may_start=(
+                        None
+                        if member is record
+                        else self._may_start(member, began, times)
+                    ),
+                )
+                for member, envelope, _ in self.members
+            ]
+        except Exception:
+            # Whatever it is, the message alone meets it the usual way.
+            outcome = _attempt(
+                record, self.backend, self.pending[record.pk], self.lease
+            )
+            return [(record, started, outcome)]
+        error: Exception | None = None
+        try:
+            self.backend.transmit_jobs(jobs)  # type: ignore[union-attr]
+        except Exception as exc:
+            error = exc
+        sent = []
+        for (member, envelope, invalid), job in zip(self.members, jobs, strict=True):
+            transmission = job.result
+            if member.pk not in times or isinstance(transmission.error, NotStarted):
+                continue  # untried: the loop takes it from there
+            if error is not None and not (job.finished and transmission.error is None):
+                outcome = _failure(error)
+            elif not transmission.replies and transmission.error is not None:
+                outcome = _failure(transmission.error)
+            else:
+                outcome = _smtp_outcome(transmission, envelope)
+            pending = self.pending[member.pk]
+            sent.append(
+                (
+                    member,
+                    times[member.pk],
+                    _as_stored(outcome, envelope, pending, invalid),
+                )
+            )
+        return sent
+
+    def _may_start(
+        self, record: OutboxMessage, began: float, times: dict[int, Any]
+    ) -> Callable[[], bool]:
+        def may_start() -> bool:
+            if self.stopping() or self.recorder.due():
+                return False
+            if time.monotonic() - began >= self.recorder.seconds:
+                return False
+            try:
+                if not _lease_held(record, self.lease):
+                    return False
+            except Exception:
+                return False  # the loop asks again, and meets the error
+            times[record.pk] = timezone.now()
+            return True
+
+        return may_start
 
 
 def _stored_addresses(

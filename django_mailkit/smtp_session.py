@@ -39,6 +39,7 @@ from .exceptions import SMTPUTF8Unsupported
 __all__ = [
     "DEFAULT_MAX_RECIPIENTS",
     "Job",
+    "NotStarted",
     "Reply",
     "Transmission",
     "accepted",
@@ -159,6 +160,9 @@ class Job:
     #: Asked before each transaction after the first: False stops the job
     #: (the outbox's lease on the message was lost: another worker has it).
     keep_going: Callable[[], bool] | None = None
+    #: Asked right before the job's first transaction is written: False
+    #: leaves the job untried (its result's error is ``NotStarted``).
+    may_start: Callable[[], bool] | None = None
     result: Transmission = field(init=False)
     # Recipients accepted in a transaction whose content is still unanswered.
     _in_flight: set[EnvelopeAddress] = field(init=False, default_factory=set)
@@ -242,6 +246,10 @@ class ConnectionLost(smtplib.SMTPServerDisconnected):
     """The connection broke, or the server said 421, mid-conversation."""
 
 
+class NotStarted(Exception):
+    """Not one byte of the job went out: its ``may_start`` said no."""
+
+
 class LeaseLost(smtplib.SMTPException):
     """The caller said to stop a message part way (its lease was lost)."""
 
@@ -281,6 +289,8 @@ class Session:
         """Send each unfinished job until done or the connection is lost."""
         try:
             for job in jobs:
+                if not self._may_start(job):
+                    continue
                 while not job.finished and not self.lost:
                     if job.result.transactions and not self._keep_going(job):
                         break
@@ -301,6 +311,14 @@ class Session:
             self._fail_awaiting(
                 self.error or ConnectionLost("The server closed the connection (421).")
             )
+
+    def _may_start(self, job: Job) -> bool:
+        if job.may_start is None or job.result.transactions or job.finished:
+            return True
+        if job.may_start():
+            return True
+        job.stop(NotStarted("Not started: the caller held it back."))
+        return False
 
     def _keep_going(self, job: Job) -> bool:
         if job.keep_going is None or job.keep_going():

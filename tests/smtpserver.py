@@ -453,15 +453,16 @@ class _Handler:
         reply = await self.test_server._misbehave("DATA", server)
         if reply is not None:
             return reply
-        self.test_server.deliveries.append(
-            Delivery(
-                session=server.record,
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                mail_options=list(envelope.mail_options),
-                data=bytes(envelope.original_content),
-            )
+        delivery = Delivery(
+            session=server.record,
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            mail_options=list(envelope.mail_options),
+            data=bytes(envelope.original_content),
         )
+        self.test_server.deliveries.append(delivery)
+        if self.test_server.on_delivery is not None:
+            self.test_server.on_delivery(delivery)
         return "250 2.0.0 OK: queued"
 
 
@@ -535,6 +536,9 @@ class SMTPTestServer:
         self.max_sessions: int | None = None
         #: Answer 452 to RCPT beyond this many recipients in a transaction.
         self.max_recipients: int | None = None
+        #: Called (in the server's thread) with each message accepted, after
+        #: it is recorded and before the reply goes out.
+        self.on_delivery: Callable[[Delivery], None] | None = None
         self.deliveries: list[Delivery] = []
         self._sessions: list[SessionRecord] = []
         self._sessions_lock = threading.Lock()

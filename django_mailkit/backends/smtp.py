@@ -367,17 +367,40 @@ class EmailBackend(BaseEmailBackend):
         it says no, the rest are not sent (the result's error says so).
         """
         job = Job(envelope, data, keep_going=keep_going)
-        self._sign([job])
+        self.transmit_jobs([job])
+        result = job.result
+        if not result.replies and result.error is not None:
+            raise result.error
+        return result
+
+    def transmit_jobs(self, jobs: Sequence[Job]) -> None:
+        """
+        Send ``jobs`` in order over this backend's one connection; each
+        job's ``result`` says what happened to it.
+
+        What :meth:`transmit` does for one message, for several: with
+        PIPELINING, each message's content goes out with the next one's
+        commands, about one round trip a message instead of two. A job's
+        ``may_start`` is asked right before its first command is written
+        (False leaves it untried, its error ``NotStarted``), so the caller
+        decides, message by message, whether the next one may still go.
+        Never more than one connection, and no thread: the callbacks run
+        in the caller's thread. Raises only when no connection could be
+        opened (``fail_silently``).
+        """
+        self._sign(list(jobs))
         with self._lock:
             if self.connection is None and self.open() is None:
                 raise smtplib.SMTPServerDisconnected(
                     "Could not connect (failed silently)."
                 )
-            self._run([job])
-        result = job.result
-        if not result.replies and result.error is not None:
-            raise result.error
-        return result
+            self.connection = run_jobs(
+                list(jobs),
+                connect=self._connect,
+                connection=self.connection,
+                max_recipients=self.max_recipients_per_transaction,
+                max_connections=1,
+            )
 
     def _sign(self, jobs: list[Job]) -> None:
         """

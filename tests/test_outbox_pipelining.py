@@ -1,0 +1,258 @@
+"""
+The worker's messages one after another over one SMTP connection: with
+PIPELINING, each message's content goes out with the next one's commands
+(one round trip a message), and every check made before a message's send
+(SIGTERM, the lease, the age of unwritten results, the stored addresses)
+still holds for each message of the run. Each test runs against a server
+with PIPELINING and one without.
+"""
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+
+from django_mailkit import send_mail
+from django_mailkit.backends import smtp as smtp_backend
+from django_mailkit.delivery import Result, deliver_batch
+from django_mailkit.models import (
+    OutboxMessage,
+    OutboxMessageQuerySet,
+    Recipient,
+    RecipientStatus,
+    Status,
+)
+from django_mailkit.worker import Worker
+from tests.mailers import outbox_via_smtp
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+LEASE = timedelta(minutes=1)
+
+
+@pytest.fixture
+def server(smtp_server_factory):
+    server = smtp_server_factory()
+    with override_settings(
+        MAILERS=outbox_via_smtp(server, timeout=5),
+        MAILKIT={"USE_TASKS": False, "MAX_ATTEMPTS": 3},
+    ):
+        yield server
+
+
+def queue(count):
+    for i in range(count):
+        send_mail(f"m{i}", "body", None, [f"u{i}@example.com"])
+    return list(OutboxMessage.objects.order_by("pk"))
+
+
+def delivered(server):
+    return [d.message["Subject"] for d in server.deliveries]
+
+
+def statuses():
+    return {
+        m.subject: (m.status, m.attempts) for m in OutboxMessage.objects.order_by("pk")
+    }
+
+
+@pytest.fixture
+def turns(monkeypatch):
+    """
+    How many times the client went from reading the server's replies to
+    writing: the round trips, EHLO and QUIT included.
+    """
+    count = [0]
+    real_connect = smtp_backend.EmailBackend._connect
+
+    def connect(self):
+        connection = real_connect(self)
+        send, getreply = connection.send, connection.getreply
+        reading = [True]
+
+        def counted_send(data):
+            if reading[0]:
+                count[0] += 1
+                reading[0] = False
+            return send(data)
+
+        def counted_getreply():
+            reading[0] = True
+            return getreply()
+
+        connection.send = counted_send
+        connection.getreply = counted_getreply
+        return connection
+
+    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    return count
+
+
+def test_a_group_costs_one_round_trip_a_message(server, turns):
+    queue(10)
+    stats = Worker(once=True, interval=0).run()
+    assert stats.sent == 10
+    assert delivered(server) == [f"m{i}" for i in range(10)]
+    assert set(statuses().values()) == {(Status.SENT, 1)}
+    if server.pipelining:
+        # EHLO, a round trip per message (its commands, with the content
+        # of the one before), the last content, QUIT. Two round trips a
+        # message when each message has a pipeline of its own.
+        assert turns[0] <= 10 + 3
+    else:
+        # MAIL, RCPT, DATA and the content: one command at a time.
+        assert turns[0] >= 4 * 10
+
+
+def test_sigterm_during_a_run_finishes_what_is_on_the_wire(server):
+    """
+    A SIGTERM while the server takes the first message: with PIPELINING,
+    the second message's commands went out with the first one's content,
+    so it is finished too; nothing after it starts. Everything sent is
+    recorded sent; the rest goes back untried and uncharged.
+    """
+    queue(6)
+
+    def sigterm(delivery):
+        server.on_delivery = None
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    server.on_delivery = sigterm
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        call_command("mailkit_worker", "--interval", "0", "--batch-size", "6")
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    sent = ["m0", "m1"] if server.pipelining else ["m0"]
+    assert delivered(server) == sent
+    assert statuses() == {
+        f"m{i}": (Status.SENT, 1) if f"m{i}" in sent else (Status.QUEUED, 0)
+        for i in range(6)
+    }
+    released = OutboxMessage.objects.filter(status=Status.QUEUED)
+    assert {m.claimed_by for m in released} == {""}
+
+
+def take_over(pk, by="other"):
+    """What happens when a worker's lease runs out: another takes the message."""
+    OutboxMessage.objects.filter(pk=pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert OutboxMessage.objects.recover_expired() == 1
+    (claimed,) = OutboxMessage.objects.claim(by, limit=1, lease=LEASE, ids=[pk])
+    return claimed
+
+
+def test_a_message_taken_over_during_the_run_is_not_sent(server, monkeypatch):
+    """
+    The worker is paused past its lease once the second message's commands
+    are out, and another worker takes the fourth over meanwhile. The run
+    renews each further message's lease (fenced) before writing its first
+    command: the fourth is not sent, and its row stays as the other worker
+    left it; the rest go.
+    """
+    records = queue(6)
+    claimed = OutboxMessage.objects.claim("slow", limit=6, lease=LEASE)
+    taken = {}
+    real_now = timezone.now
+    real_connect = smtp_backend.EmailBackend._connect
+
+    def connect(self):
+        connection = real_connect(self)
+        send = connection.send
+
+        def paused_after(data):
+            send(data)
+            if isinstance(data, bytes) and b"<u1@example.com>" in data and not taken:
+                taken["row"] = take_over(records[3].pk)
+                monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
+
+        connection.send = paused_after
+        return connection
+
+    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    result = deliver_batch(claimed, worker="slow", lease=LEASE)
+    monkeypatch.setattr(timezone, "now", real_now)
+    assert delivered(server) == ["m0", "m1", "m2", "m4", "m5"]
+    assert result.of(records[3].pk) is Result.LEASE_LOST
+    fourth = OutboxMessage.objects.get(pk=records[3].pk)
+    assert (fourth.status, fourth.claimed_by, fourth.attempts) == (
+        Status.SENDING,
+        "other",
+        0,
+    )
+    assert fourth.claim_token == taken["row"].claim_token
+    assert fourth.recipient_set.get().status == RecipientStatus.PENDING
+    assert {s for k, s in statuses().items() if k != "m3"} == {(Status.SENT, 1)}
+
+
+def test_results_are_written_every_record_group_seconds(server, monkeypatch):
+    """
+    Against a slow server (0.15 s a message), a run stops starting messages
+    once RECORD_GROUP_SECONDS (0.2 s) have passed, and the results are
+    written before the next message goes: never more than three messages
+    accepted and unwritten (the duplicate window), never one write for
+    the whole group.
+    """
+    server.stall("DATA", 0.15)
+    queue(6)
+    writes = []
+    record_attempts = OutboxMessageQuerySet.record_attempts
+
+    def spy(self, outcomes, **kwargs):
+        if outcomes:
+            written = OutboxMessage.objects.filter(status=Status.SENT).count()
+            writes.append((len(outcomes), len(server.deliveries) - written))
+        return record_attempts(self, outcomes, **kwargs)
+
+    monkeypatch.setattr(OutboxMessageQuerySet, "record_attempts", spy)
+    with override_settings(MAILKIT={"USE_TASKS": False, "RECORD_GROUP_SECONDS": 0.2}):
+        assert Worker(once=True, interval=0).run().sent == 6
+    assert len(writes) > 1
+    assert all(unwritten <= 3 for _, unwritten in writes), writes
+    assert sum(size for size, _ in writes) == 6
+
+
+def test_a_tampered_row_inside_a_run_fails_alone(server):
+    """
+    A stored recipient that fails the envelope check ends the run before
+    its message: that one fails alone, unsent, and the messages after it
+    go in a run of their own.
+    """
+    records = queue(5)
+    Recipient.objects.filter(message=records[2]).update(
+        address="x@example.com>\r\nRCPT TO:<evil@example.com"
+    )
+    assert Worker(once=True, interval=0).run().sent == 4
+    assert delivered(server) == ["m0", "m1", "m3", "m4"]
+    assert all(d.rcpt_tos != ["evil@example.com"] for d in server.deliveries)
+    assert all(b"evil" not in c for s in server.sessions for c in s.commands)
+    bad = OutboxMessage.objects.get(pk=records[2].pk)
+    assert bad.status == Status.FAILED
+    assert bad.recipient_set.get().smtp_code == 553
+
+
+def test_a_hang_up_inside_a_run(server):
+    """
+    The server hangs up after the second message's content: that one is
+    retried (the server may have it: the one-transaction window); the
+    first is sent, and the rest go over a new connection in the same run.
+    """
+    server.hang_up_during_data(times=1, skip=1)
+    queue(5)
+    Worker(once=True, interval=0).run()
+    assert delivered(server) == ["m0", "m2", "m3", "m4"]
+    assert statuses() == {
+        "m0": (Status.SENT, 1),
+        "m1": (Status.QUEUED, 1),
+        "m2": (Status.SENT, 1),
+        "m3": (Status.SENT, 1),
+        "m4": (Status.SENT, 1),
+    }
+    first, *rest = [d.session.number for d in server.deliveries]
+    assert set(rest) == {rest[0]} != {first}
