@@ -282,6 +282,8 @@ def deliver_batch(
             if stopping():
                 recorder.flush()
                 for rest in messages[index:]:
+                    if rest.pk in done:
+                        continue  # sent in an earlier message's run
                     if rest.release(begun=begun.get(rest.pk, False)):
                         result.add(Result.RELEASED, rest.pk)
                     else:
@@ -313,7 +315,7 @@ def deliver_batch(
                 if pending[pk]:
                     backend = _connection_for(record.mailer, connections)
                     run = _Run(record, backend, pending, lease, recorder, stopping)
-                    run.join(messages[index + 1 :], begun)
+                    run.join(messages[index + 1 :], begun, done)
                     sent = run.send(since)
                 else:
                     # Nobody left to send to (all suppressed): no connection.
@@ -765,11 +767,14 @@ class _Run:
         self.stopping = stopping
         self.members: list[tuple[OutboxMessage, Any, dict[str, str]]] = []
 
-    def join(self, rest: list[OutboxMessage], begun: Mapping[int, bool]) -> None:
+    def join(
+        self, rest: list[OutboxMessage], begun: Mapping[int, bool], done: set[int]
+    ) -> None:
         """
         Take the messages from the start of ``rest`` that can follow: loaded
-        in the group begun last (``begun``), for the same mailer, with
-        someone to send to. Only over a backend that sends jobs (SMTP).
+        in the group begun last (``begun``), not sent yet (``done``), for
+        the same mailer, with someone to send to. Only over a backend that
+        sends jobs (SMTP).
         """
         if not hasattr(self.backend, "transmit_jobs"):
             return
@@ -778,7 +783,9 @@ class _Run:
             return
         members = [(self.record, *first)]
         for other in rest:
-            if not begun.get(other.pk) or other.mailer != self.record.mailer:
+            if not begun.get(other.pk) or other.pk in done:
+                break
+            if other.mailer != self.record.mailer:
                 break
             if not self.pending[other.pk]:
                 break
@@ -830,10 +837,18 @@ class _Run:
         sent = []
         for (member, envelope, invalid), job in zip(self.members, jobs, strict=True):
             transmission = job.result
-            if member.pk not in times or isinstance(transmission.error, NotStarted):
+            if isinstance(transmission.error, NotStarted):
                 continue  # untried: the loop takes it from there
-            if error is not None and not (job.finished and transmission.error is None):
+            if member.pk not in times:
+                if transmission.error is None:
+                    continue  # never reached: the error below ended the run
+                # Failed before its turn (its bytes could not be signed).
+                times[member.pk] = started
+            if error is not None and not job.answered:
+                # Cut short by an error the session doesn't expect: what
+                # went out is unknown, and so is the connection's state.
                 outcome = _failure(error)
+                outcome.connection_lost = True
             elif not transmission.replies and transmission.error is not None:
                 outcome = _failure(transmission.error)
             else:

@@ -161,7 +161,8 @@ class Job:
     #: (the outbox's lease on the message was lost: another worker has it).
     keep_going: Callable[[], bool] | None = None
     #: Asked right before the job's first transaction is written: False
-    #: leaves the job untried (its result's error is ``NotStarted``).
+    #: leaves the job, and every job after it not started yet, untried
+    #: (their results' error is ``NotStarted``).
     may_start: Callable[[], bool] | None = None
     result: Transmission = field(init=False)
     # Recipients accepted in a transaction whose content is still unanswered.
@@ -188,6 +189,12 @@ class Job:
             if r not in replies and r not in in_flight:
                 return False
         return True
+
+    @property
+    def answered(self) -> bool:
+        """Whether every recipient has the reply that decides it."""
+        replies = self.result.replies
+        return all(r in replies for r in self.envelope.recipients)
 
     @property
     def started(self) -> bool:
@@ -288,9 +295,16 @@ class Session:
     def run(self, jobs: list[Job]) -> None:
         """Send each unfinished job until done or the connection is lost."""
         try:
-            for job in jobs:
+            for index, job in enumerate(jobs):
                 if not self._may_start(job):
-                    continue
+                    # The caller's sequence ends here: nothing after it
+                    # starts either.
+                    for later in jobs[index + 1 :]:
+                        if not later.finished and not later.result.transactions:
+                            later.stop(
+                                NotStarted("Not started: an earlier job was not.")
+                            )
+                    break
                 while not job.finished and not self.lost:
                     if job.result.transactions and not self._keep_going(job):
                         break

@@ -9,10 +9,14 @@ with PIPELINING and one without.
 
 import os
 import signal
+import threading
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
+from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
 
@@ -256,3 +260,119 @@ def test_a_hang_up_inside_a_run(server):
     }
     first, *rest = [d.session.number for d in server.deliveries]
     assert set(rest) == {rest[0]} != {first}
+
+
+def test_a_failed_lease_renewal_ends_the_run(server, monkeypatch):
+    """
+    Half the lease is spent, so each message's check renews it (fenced);
+    the second message's renewal meets a database error once. The run ends
+    there, untried; the worker's loop renews again and sends the rest, in
+    order, each once.
+    """
+    queue(5)
+    claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE * 0.6)
+    real_renew = OutboxMessage.renew_lease
+    failed = []
+
+    def renew(self, lease):
+        if self.subject == "m1" and not failed:
+            failed.append(self.pk)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_renew(self, lease)
+
+    monkeypatch.setattr(OutboxMessage, "renew_lease", renew)
+    deliver_batch(claimed, worker="w", lease=LEASE)
+    monkeypatch.setattr(timezone, "now", real_now)
+    assert failed
+    assert delivered(server) == ["m0", "m1", "m2", "m3", "m4"]
+    assert set(statuses().values()) == {(Status.SENT, 1)}
+
+
+def test_sigterm_after_a_lost_lease_keeps_what_was_sent(server, monkeypatch):
+    """
+    The second message is taken over during the run, and a SIGTERM comes
+    while the server takes the third: what went out stays recorded as sent
+    (none of it released to be sent again), the rest goes back untried.
+    """
+    records = queue(6)
+    claimed = OutboxMessage.objects.claim("slow", limit=6, lease=LEASE)
+    real_now = timezone.now
+    real_connect = smtp_backend.EmailBackend._connect
+    stop = threading.Event()
+
+    def connect(self):
+        connection = real_connect(self)
+        send = connection.send
+
+        def paused_after(data):
+            send(data)
+            if isinstance(data, bytes) and b"<u0@example.com>" in data:
+                if not stop.is_set() and timezone.now is real_now:
+                    take_over(records[1].pk)
+                    monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
+
+        connection.send = paused_after
+        return connection
+
+    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    server.on_delivery = lambda d: d.message["Subject"] == "m2" and stop.set()
+    result = deliver_batch(claimed, worker="slow", lease=LEASE, should_stop=stop.is_set)
+    monkeypatch.setattr(timezone, "now", real_now)
+    sent = ["m0", "m2", "m3"] if server.pipelining else ["m0", "m2"]
+    assert delivered(server) == sent
+    assert result.of(records[1].pk) is Result.LEASE_LOST
+    assert {k: v for k, v in statuses().items() if k != "m1"} == {
+        f"m{i}": (Status.SENT, 1) if f"m{i}" in sent else (Status.QUEUED, 0)
+        for i in range(6)
+        if i != 1
+    }
+
+
+@pytest.fixture(scope="module")
+def dkim_pem():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def test_a_message_that_cannot_be_signed_fails_alone(smtp_server_factory, dkim_pem):
+    """
+    With DKIM, a stored message whose header block can't be signed (a row
+    edited by hand) fails alone, unsent; the others of its run go.
+    """
+    server = smtp_server_factory()
+    dkim = {"domain": "example.com", "selector": "s1", "private_key": dkim_pem}
+    with override_settings(
+        MAILERS=outbox_via_smtp(server, timeout=5, dkim=dkim),
+        MAILKIT={"USE_TASKS": False},
+    ):
+        records = queue(5)
+        bad = b" folded\r\nSubject: m3\r\n\r\nbody\r\n"
+        OutboxMessage.objects.filter(pk=records[3].pk).update(mime=bad, size=len(bad))
+        assert Worker(once=True, interval=0).run().sent == 4
+    assert delivered(server) == ["m0", "m1", "m2", "m4"]
+    failed = OutboxMessage.objects.get(pk=records[3].pk)
+    assert failed.status == Status.FAILED
+    assert "SigningError" in failed.last_error
+
+
+def test_chunked_recipients_and_a_421_inside_a_run(server):
+    """Nobody gets a message twice, and each message is charged once."""
+    server.max_recipients = 2
+    server.reply("MAIL", "421 4.3.2 Going down", times=1)
+    for i in range(4):
+        send_mail(f"m{i}", "b", None, [f"u{i}{j}@example.com" for j in range(5)])
+    Worker(once=True, interval=0).run()
+    OutboxMessage.objects.update(next_attempt_at=timezone.now())
+    Worker(once=True, interval=0).run()
+    recipients = [r for d in server.deliveries for r in d.rcpt_tos]
+    assert sorted(recipients) == sorted(
+        f"u{i}{j}@example.com" for i in range(4) for j in range(5)
+    )
+    assert set(statuses().values()) <= {(Status.SENT, 1), (Status.SENT, 2)}
+    assert list(statuses().values()).count((Status.SENT, 2)) == 1

@@ -381,14 +381,21 @@ class EmailBackend(BaseEmailBackend):
         What :meth:`transmit` does for one message, for several: with
         PIPELINING, each message's content goes out with the next one's
         commands, about one round trip a message instead of two. A job's
-        ``may_start`` is asked right before its first command is written
-        (False leaves it untried, its error ``NotStarted``), so the caller
-        decides, message by message, whether the next one may still go.
-        Never more than one connection, and no thread: the callbacks run
-        in the caller's thread. Raises only when no connection could be
-        opened (``fail_silently``).
+        ``may_start`` is asked right before its first command is written;
+        False leaves it and every job after it untried (their error is
+        ``NotStarted``), so the caller decides, message by message, whether
+        the sequence goes on. A job whose bytes can't be signed (``dkim``)
+        gets that error, and the others go. Never more than one connection,
+        and no thread: the callbacks run in the caller's thread. Raises
+        only when no connection could be opened (``fail_silently``).
         """
-        self._sign(list(jobs))
+        for job in jobs:
+            try:
+                self._sign([job])
+            except Exception as exc:  # SigningError, or dkimpy's own
+                job.stop(exc)
+        if all(job.finished for job in jobs):
+            return
         with self._lock:
             if self.connection is None and self.open() is None:
                 raise smtplib.SMTPServerDisconnected(
