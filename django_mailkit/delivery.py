@@ -744,10 +744,10 @@ class _Run:
     is written, what the message loop asks before each send: the worker
     isn't stopping, the outcomes waiting to be written are younger than
     ``RECORD_GROUP_SECONDS`` (counted from the run's start), and this
-    worker still holds the message's lease. One that may not go is left
-    untried, and the loop takes it from there, as if the run had never
-    reached it; the run goes on with the next (once the worker is stopping
-    or the results are due, none of the rest may go either).
+    worker still holds the message's lease. The first that may not go ends
+    the run: it and the ones after it are left untried, and the loop takes
+    them from there, in order, as if the run had never reached them. So
+    what a run sent always comes before what the loop has left to do.
     """
 
     def __init__(
