@@ -330,21 +330,31 @@ def deliver_batch(
                 # Start afresh for the next message of this mailer. (A mailer
                 # that could not even connect stays failed for this batch.)
                 _close(connections.pop(record.mailer, None))
+            classified = []
+            error: Exception | None = None
             for sent_record, started, outcome in sent:
                 sent_pk = sent_record.pk
                 done.add(sent_pk)
-                attempt = _classify(
-                    sent_record,
-                    outcome,
-                    worker=worker,
-                    started=started,
-                    pending=pending[sent_pk],
-                    delivered_before=sent_pk in delivered_before,
-                    failed_before=sent_pk in failed_before,
-                    suppressed=suppressed.get(sent_pk, {}),
-                    suppressed_before=sent_pk in suppressed_before,
-                )
-                recorder.add(sent_record, attempt, outcome, since=since)
+                try:
+                    attempt = _classify(
+                        sent_record,
+                        outcome,
+                        worker=worker,
+                        started=started,
+                        pending=pending[sent_pk],
+                        delivered_before=sent_pk in delivered_before,
+                        failed_before=sent_pk in failed_before,
+                        suppressed=suppressed.get(sent_pk, {}),
+                        suppressed_before=sent_pk in suppressed_before,
+                    )
+                except Exception as exc:
+                    # Raised after the others of the run are recorded.
+                    error = error or exc
+                    continue
+                classified.append((sent_record, attempt, outcome))
+            recorder.add(classified, since=since)
+            if error is not None:
+                raise error
             if index + 1 < len(messages) and stopping():
                 recorder.flush()  # the release follows at the next message
         recorder.flush()
@@ -475,17 +485,16 @@ class _Recorder:
 
     def add(
         self,
-        record: OutboxMessage,
-        attempt: AttemptRecord,
-        outcome: Outcome,
+        sent: list[tuple[OutboxMessage, AttemptRecord, Outcome]],
         *,
         since: float,
     ) -> None:
-        """``since``: when its send began (``time.monotonic()``)."""
-        if not self.unwritten:
-            self.oldest = since
-        self.unwritten.append((record, attempt))
-        self.outcomes[record.pk] = outcome
+        """The outcomes of one send (a run's); ``since``: when it began."""
+        for record, attempt, outcome in sent:
+            if not self.unwritten:
+                self.oldest = since
+            self.unwritten.append((record, attempt))
+            self.outcomes[record.pk] = outcome
         if self.due():
             self.flush()
 
@@ -837,13 +846,13 @@ class _Run:
         sent = []
         for (member, envelope, invalid), job in zip(self.members, jobs, strict=True):
             transmission = job.result
-            if isinstance(transmission.error, NotStarted):
-                continue  # untried: the loop takes it from there
-            if member.pk not in times:
-                if transmission.error is None:
-                    continue  # never reached: the error below ended the run
-                # Failed before its turn (its bytes could not be signed).
-                times[member.pk] = started
+            if member.pk not in times or isinstance(transmission.error, NotStarted):
+                # Never asked to start, whatever ended the run before it (the
+                # worker stopping, a lost lease, a connection that couldn't
+                # be opened again, an earlier message that couldn't be
+                # signed): untried and uncharged, the loop takes it from
+                # there.
+                continue
             if error is not None and not job.answered:
                 # Cut short by an error the session doesn't expect: what
                 # went out is unknown, and so is the connection's state.
@@ -867,11 +876,11 @@ class _Run:
         self, record: OutboxMessage, began: float, times: dict[int, Any]
     ) -> Callable[[], bool]:
         def may_start() -> bool:
-            if self.stopping() or self.recorder.due():
-                return False
-            if time.monotonic() - began >= self.recorder.seconds:
-                return False
             try:
+                if self.stopping() or self.recorder.due():
+                    return False
+                if time.monotonic() - began >= self.recorder.seconds:
+                    return False
                 if not _lease_held(record, self.lease):
                     return False
             except Exception:

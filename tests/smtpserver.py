@@ -653,11 +653,16 @@ class SMTPTestServer:
 
     # Misbehaviour, set up by the tests.
 
-    def reply(self, stage: str, reply: str, *, times: int | None = None) -> None:
-        """Answer ``reply`` (e.g. "421 ...") at MAIL, RCPT, DATA or STARTTLS."""
+    def reply(
+        self, stage: str, reply: str, *, times: int | None = None, skip: int = 0
+    ) -> None:
+        """
+        Answer ``reply`` (e.g. "421 ...") at MAIL, RCPT, DATA or STARTTLS
+        (after ``skip`` times answered normally).
+        """
         if stage not in ("MAIL", "RCPT", "DATA", "STARTTLS"):
             raise ValueError(f"unknown stage {stage!r}")
-        self._rules[stage] = _Rule(reply, times)
+        self._rules[stage] = _Rule(reply, times, skip)
 
     def refuse_recipient(
         self, address: str, reply: str, *, times: int | None = None

@@ -376,3 +376,97 @@ def test_chunked_recipients_and_a_421_inside_a_run(server):
     )
     assert set(statuses().values()) <= {(Status.SENT, 1), (Status.SENT, 2)}
     assert list(statuses().values()).count((Status.SENT, 2)) == 1
+
+
+def test_a_reconnection_refused_leaves_the_rest_of_the_run_untried(server):
+    """
+    The server hangs up after the second message's content, and answers
+    421 to the first MAIL on the new connection. The message that got the
+    421 is retried (charged); those after it were never asked to start: the
+    loop sends them over a connection of their own, charged once.
+    """
+    server.hang_up_during_data(times=1, skip=1)
+    server.reply("MAIL", "421 4.3.2 Going down", times=1, skip=2)
+    queue(5)
+    Worker(once=True, interval=0).run()
+    assert delivered(server) == ["m0", "m3", "m4"]
+    assert statuses() == {
+        "m0": (Status.SENT, 1),
+        "m1": (Status.QUEUED, 1),
+        "m2": (Status.QUEUED, 1),
+        "m3": (Status.SENT, 1),
+        "m4": (Status.SENT, 1),
+    }
+
+
+def test_sigterm_and_no_connection_leave_the_rest_untried(server, monkeypatch):
+    """
+    A SIGTERM as the second message's content goes out, then the server
+    hangs up and no new connection can be opened: the messages the run
+    never asked to start go back untried and uncharged.
+    """
+    queue(5)
+    claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
+    stop = threading.Event()
+    real_connect = smtp_backend.EmailBackend._connect
+    connections = []
+
+    def connect(self):
+        connections.append(self)
+        if len(connections) > 1:
+            raise ConnectionRefusedError("refused")
+        connection = real_connect(self)
+        send = connection.send
+
+        def stop_at_m1(data):
+            if isinstance(data, bytes) and b"Subject: m1" in data:
+                stop.set()
+            return send(data)
+
+        connection.send = stop_at_m1
+        return connection
+
+    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    server.hang_up_during_data(times=1, skip=1)
+    deliver_batch(claimed, worker="w", lease=LEASE, should_stop=stop.is_set)
+    assert delivered(server) == ["m0"]
+    untried = {f"m{i}": (Status.QUEUED, 0) for i in range(2, 5)}
+    if not server.pipelining:
+        # m1's commands went before its content (and the SIGTERM).
+        assert statuses() == {
+            "m0": (Status.SENT, 1),
+            "m1": (Status.QUEUED, 1),
+            **untried,
+        }
+    else:
+        # m1's content went out with m2's commands: both are in flight.
+        assert statuses() == {
+            "m0": (Status.SENT, 1),
+            "m1": (Status.QUEUED, 1),
+            "m2": (Status.QUEUED, 1),
+            "m3": (Status.QUEUED, 0),
+            "m4": (Status.QUEUED, 0),
+        }
+
+
+def test_sigterm_releases_an_unsignable_message_untried(smtp_server_factory, dkim_pem):
+    """
+    A message that can't be signed, after a SIGTERM ended the run before
+    it, goes back untried like the others, not failed.
+    """
+    server = smtp_server_factory()
+    dkim = {"domain": "example.com", "selector": "s1", "private_key": dkim_pem}
+    stop = threading.Event()
+    server.on_delivery = lambda d: stop.set()
+    with override_settings(
+        MAILERS=outbox_via_smtp(server, timeout=5, dkim=dkim),
+        MAILKIT={"USE_TASKS": False},
+    ):
+        records = queue(5)
+        bad = b" folded\r\nSubject: m3\r\n\r\nbody\r\n"
+        OutboxMessage.objects.filter(pk=records[3].pk).update(mime=bad, size=len(bad))
+        claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
+        deliver_batch(claimed, worker="w", lease=LEASE, should_stop=stop.is_set)
+    unsigned = OutboxMessage.objects.get(pk=records[3].pk)
+    assert (unsigned.status, unsigned.attempts) == (Status.QUEUED, 0)
+    assert "m3" not in delivered(server)

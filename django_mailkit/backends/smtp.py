@@ -25,6 +25,7 @@ from ..signals import recipients_refused
 from ..smtp_session import (
     DEFAULT_MAX_RECIPIENTS,
     Job,
+    NotStarted,
     Reply,
     Transmission,
     accepted,
@@ -385,15 +386,20 @@ class EmailBackend(BaseEmailBackend):
         False leaves it and every job after it untried (their error is
         ``NotStarted``), so the caller decides, message by message, whether
         the sequence goes on. A job whose bytes can't be signed (``dkim``)
-        gets that error, and the others go. Never more than one connection,
+        gets that error, and ends the sequence before it: the jobs before it
+        go, those after it are ``NotStarted``. Never more than one connection,
         and no thread: the callbacks run in the caller's thread. Raises
         only when no connection could be opened (``fail_silently``).
         """
-        for job in jobs:
+        for index, job in enumerate(jobs):
             try:
                 self._sign([job])
             except Exception as exc:  # SigningError, or dkimpy's own
+                # The sequence ends before it: it and the rest go unsent.
                 job.stop(exc)
+                for later in jobs[index + 1 :]:
+                    later.stop(NotStarted("Not started: an earlier job was not."))
+                break
         if all(job.finished for job in jobs):
             return
         with self._lock:
