@@ -452,12 +452,15 @@ def _alone(record: OutboxMessage) -> bool:
     )
 
 
+def _lease_fresh(record: OutboxMessage, lease: timedelta) -> bool:
+    """Whether less than half of the lease is spent: no renewal due."""
+    expires = record.lease_expires_at
+    return expires is not None and timezone.now() < expires - lease / 2
+
+
 def _lease_held(record: OutboxMessage, lease: timedelta) -> bool:
     """Renew the lease (fenced) once half of it is spent; False if lost."""
-    expires = record.lease_expires_at
-    if expires is not None and timezone.now() < expires - lease / 2:
-        return True
-    return record.renew_lease(lease)
+    return _lease_fresh(record, lease) or record.renew_lease(lease)
 
 
 class _Recorder:
@@ -876,12 +879,16 @@ class _Run:
         self, record: OutboxMessage, began: float, times: dict[int, Any]
     ) -> Callable[[], bool]:
         def may_start() -> bool:
+            # Asked while the message before's content waits to go out:
+            # nothing here may wait. A lease more than half spent ends the
+            # run, as renewing it is a database call: the loop renews it
+            # (fenced) and starts a new run.
             try:
                 if self.stopping() or self.recorder.due():
                     return False
                 if time.monotonic() - began >= self.recorder.seconds:
                     return False
-                if not _lease_held(record, self.lease):
+                if not _lease_fresh(record, self.lease):
                     return False
             except Exception:
                 return False  # the loop asks again, and meets the error
@@ -938,8 +945,7 @@ def _lease_keeper(record: OutboxMessage, lease: timedelta) -> Callable[[], bool]
     """
 
     def keep_going() -> bool:
-        expires = record.lease_expires_at
-        if expires is not None and timezone.now() < expires - lease / 2:
+        if _lease_fresh(record, lease):
             return True
         try:
             renewed = record.renew_lease(lease)

@@ -162,7 +162,10 @@ class Job:
     keep_going: Callable[[], bool] | None = None
     #: Asked right before the job's first transaction is written: False
     #: leaves the job, and every job after it not started yet, untried
-    #: (their results' error is ``NotStarted``).
+    #: (their results' error is ``NotStarted``; an exception raised here is
+    #: the job's error instead). With PIPELINING the job before's content
+    #: is still unsent when it is asked, so it must answer at once: no
+    #: database call, no waiting.
     may_start: Callable[[], bool] | None = None
     result: Transmission = field(init=False)
     # Recipients accepted in a transaction whose content is still unanswered.
@@ -329,12 +332,22 @@ class Session:
     def _may_start(self, job: Job) -> bool:
         if job.may_start is None or job.result.transactions or job.finished:
             return True
-        if job.may_start():
-            return True
+        try:
+            if job.may_start():
+                return True
+        except Exception as exc:
+            # As a no: the content still waiting (the job before's) goes.
+            job.stop(exc)
+            return False
         job.stop(NotStarted("Not started: the caller held it back."))
         return False
 
     def _keep_going(self, job: Job) -> bool:
+        # The content of the job's last transaction goes, and its reply is
+        # in, before the caller is asked: it may take its time (renewing
+        # the outbox's lease is a database call), and a lease found lost
+        # then stops what is not sent yet, not content held back.
+        self._flush()
         if job.keep_going is None or job.keep_going():
             return True
         job.stop(

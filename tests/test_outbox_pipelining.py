@@ -262,32 +262,67 @@ def test_a_hang_up_inside_a_run(server):
     assert set(rest) == {rest[0]} != {first}
 
 
-def test_a_failed_lease_renewal_ends_the_run(server, monkeypatch):
+def test_a_lease_renewal_is_never_made_inside_a_run(server, monkeypatch):
     """
-    Half the lease is spent, so each message's check renews it (fenced);
-    the second message's renewal meets a database error once. The run ends
-    there, untried; the worker's loop renews again and sends the rest, in
-    order, each once.
+    Half the lease is spent: a run ends at each message whose lease needs
+    renewing, and the worker's loop renews it (fenced) with nothing of the
+    run left unsent. The second message's renewal meets a database error:
+    the batch stops there, the first message sent and recorded, nothing
+    after it sent.
     """
     queue(5)
     claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
     real_now = timezone.now
     monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE * 0.6)
     real_renew = OutboxMessage.renew_lease
-    failed = []
+    seen = []
 
     def renew(self, lease):
-        if self.subject == "m1" and not failed:
-            failed.append(self.pk)
+        # What the server had when the renewal was asked for.
+        seen.append((self.subject, delivered(server)))
+        if self.subject == "m1":
             raise OperationalError("server closed the connection unexpectedly")
+        return real_renew(self, lease)
+
+    monkeypatch.setattr(OutboxMessage, "renew_lease", renew)
+    with pytest.raises(OperationalError):
+        deliver_batch(claimed, worker="w", lease=LEASE)
+    monkeypatch.setattr(timezone, "now", real_now)
+    assert seen == [("m0", []), ("m1", ["m0"])]
+    assert delivered(server) == ["m0"]
+    assert statuses() == {
+        "m0": (Status.SENT, 1),
+        **{f"m{i}": (Status.SENDING, 0) for i in range(1, 5)},
+    }
+
+
+def test_a_message_s_content_never_waits_for_the_database(server, monkeypatch):
+    """
+    A renewal that blocks (here: long enough for the message before to be
+    taken over) comes after that message's content is answered, so a lease
+    lost meanwhile never lets held-back content go out.
+    """
+    records = queue(4)
+    claimed = OutboxMessage.objects.claim("w", limit=4, lease=LEASE)
+    real_now = timezone.now
+    half_spent = lambda: real_now() + LEASE * 0.6  # noqa: E731
+    monkeypatch.setattr(timezone, "now", half_spent)
+    real_renew = OutboxMessage.renew_lease
+    before = []
+
+    def renew(self, lease):
+        if self.subject == "m2" and not before:
+            monkeypatch.setattr(timezone, "now", real_now)
+            take_over(records[1].pk)
+            before.extend(delivered(server))
+            monkeypatch.setattr(timezone, "now", half_spent)
         return real_renew(self, lease)
 
     monkeypatch.setattr(OutboxMessage, "renew_lease", renew)
     deliver_batch(claimed, worker="w", lease=LEASE)
     monkeypatch.setattr(timezone, "now", real_now)
-    assert failed
-    assert delivered(server) == ["m0", "m1", "m2", "m3", "m4"]
-    assert set(statuses().values()) == {(Status.SENT, 1)}
+    assert before == ["m0", "m1"]
+    assert delivered(server) == ["m0", "m1", "m2", "m3"]
 
 
 def test_sigterm_after_a_lost_lease_keeps_what_was_sent(server, monkeypatch):
@@ -320,7 +355,9 @@ def test_sigterm_after_a_lost_lease_keeps_what_was_sent(server, monkeypatch):
     server.on_delivery = lambda d: d.message["Subject"] == "m2" and stop.set()
     result = deliver_batch(claimed, worker="slow", lease=LEASE, should_stop=stop.is_set)
     monkeypatch.setattr(timezone, "now", real_now)
-    sent = ["m0", "m2", "m3"] if server.pipelining else ["m0", "m2"]
+    # With the clock past half the lease, every message's lease needs
+    # renewing: each goes in a run of its own, so nothing follows m2.
+    sent = ["m0", "m2"]
     assert delivered(server) == sent
     assert result.of(records[1].pk) is Result.LEASE_LOST
     assert {k: v for k, v in statuses().items() if k != "m1"} == {
@@ -470,3 +507,49 @@ def test_sigterm_releases_an_unsignable_message_untried(smtp_server_factory, dki
     unsigned = OutboxMessage.objects.get(pk=records[3].pk)
     assert (unsigned.status, unsigned.attempts) == (Status.QUEUED, 0)
     assert "m3" not in delivered(server)
+
+
+def test_between_transactions_the_content_goes_before_the_renewal(
+    smtp_server_factory, monkeypatch
+):
+    """
+    A message in several transactions: the lease is renewed (a database
+    call) only once the last transaction's content is answered, never while
+    it waits unsent; a lease found lost stops the next transaction.
+    """
+    server = smtp_server_factory()
+    with override_settings(
+        MAILERS=outbox_via_smtp(server, timeout=5, max_recipients_per_transaction=2),
+        MAILKIT={"USE_TASKS": False},
+    ):
+        send_mail("s", "b", None, [f"u{i}@example.com" for i in range(6)])
+        real_now = timezone.now
+        real_connect = smtp_backend.EmailBackend._connect
+        seen = []
+
+        def connect(self):
+            connection = real_connect(self)
+            send = connection.send
+
+            def half_spent_after_the_first(data):
+                send(data)
+                if isinstance(data, bytes) and b"<u1@example.com>" in data:
+                    later = lambda: real_now() + LEASE * 0.6  # noqa: E731
+                    monkeypatch.setattr(timezone, "now", later)
+
+            connection.send = half_spent_after_the_first
+            return connection
+
+        def renew(self, lease):
+            seen.append([d.rcpt_tos for d in server.deliveries])
+            return False  # taken over meanwhile
+
+        monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+        monkeypatch.setattr(OutboxMessage, "renew_lease", renew)
+        (claimed,) = OutboxMessage.objects.claim("w", limit=1, lease=LEASE)
+        deliver_batch([claimed], worker="w", lease=LEASE)
+        monkeypatch.setattr(timezone, "now", real_now)
+    assert seen == [[["u0@example.com", "u1@example.com"]]]
+    assert [d.rcpt_tos for d in server.deliveries] == [
+        ["u0@example.com", "u1@example.com"]
+    ]

@@ -10,6 +10,8 @@ import pytest
 from django.test import override_settings
 
 from django_mailkit import EmailMessage, InvalidMailer, mailers
+from django_mailkit.envelope import stored_envelope
+from django_mailkit.smtp_session import Job, NotStarted
 
 
 def batch(count, prefix="m", **kwargs):
@@ -177,3 +179,32 @@ def test_outcome_attributes_before_and_after_sending(server):
     assert first.refused_recipients == {}
     assert list(second.refused_recipients) == ["refused-user@example.com"]
     assert EmailMessage.refused_recipients == {}
+
+
+def _job(i, **kwargs):
+    envelope, _ = stored_envelope("from@example.com", [f"u{i}@example.com"])
+    return Job(envelope, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode(), **kwargs)
+
+
+def test_a_may_start_that_raises_is_that_job_s_error(server):
+    """
+    transmit_jobs(): a job whose may_start raises gets that error, the ones
+    after it are not started, the one before is delivered, and the
+    connection stays usable (no content left unsent on it).
+    """
+
+    def boom():
+        raise RuntimeError("may_start failed")
+
+    first, second, third = _job(0), _job(1, may_start=boom), _job(2)
+    with configure(server, timeout=5):
+        backend = mailers.default
+        with backend:
+            backend.transmit_jobs([first, second, third])
+            result = backend.transmit(_job(3).envelope, _job(3).data)
+    assert first.answered and first.result.error is None
+    assert isinstance(second.result.error, RuntimeError)
+    assert isinstance(third.result.error, NotStarted)
+    assert result.error is None
+    assert [d.message["Subject"] for d in server.deliveries] == ["m0", "m3"]
+    assert len({d.session.number for d in server.deliveries}) == 1
