@@ -343,12 +343,17 @@ class Session:
         return False
 
     def _keep_going(self, job: Job) -> bool:
+        if job.keep_going is None:
+            return True
         # The content of the job's last transaction goes, and its reply is
         # in, before the caller is asked: it may take its time (renewing
         # the outbox's lease is a database call), and a lease found lost
-        # then stops what is not sent yet, not content held back.
+        # then stops what is not sent yet, not content held back. (Without
+        # a caller to ask, the content goes with the next commands.)
         self._flush()
-        if job.keep_going is None or job.keep_going():
+        if self.lost:
+            return False  # a 421 in that reply: run() stops here
+        if job.keep_going():
             return True
         job.stop(
             LeaseLost(

@@ -208,3 +208,62 @@ def test_a_may_start_that_raises_is_that_job_s_error(server):
     assert result.error is None
     assert [d.message["Subject"] for d in server.deliveries] == ["m0", "m3"]
     assert len({d.session.number for d in server.deliveries}) == 1
+
+
+def _chunked(count, **kwargs):
+    envelope, _ = stored_envelope(
+        "from@example.com", [f"u{i}@example.com" for i in range(count)]
+    )
+    return Job(envelope, b"Subject: m\r\n\r\nbody\r\n", **kwargs)
+
+
+def test_nothing_is_written_after_a_421_to_the_content(server):
+    """
+    A message in two transactions (452 past two recipients) with a caller
+    to ask between them: the first content's reply is read before asking,
+    and once it is a 421, nothing more goes over that connection; the rest
+    go over a new one.
+    """
+    server.max_recipients = 2
+    server.reply("DATA", "421 4.3.0 Going down", times=1)
+    asked = []
+
+    def keep_going():
+        asked.append(len(server.sessions_seen()))
+        return True
+
+    job = _chunked(4, keep_going=keep_going)
+    with configure(server, timeout=5):
+        backend = mailers.default
+        with backend:
+            backend.transmit_jobs([job])
+    first = server.wait_closed()[0]
+    mails = [c for c in first.commands if c.upper().startswith(b"MAIL FROM")]
+    assert len(mails) == 1
+    assert len(asked) == 1
+    delivered = sorted(a for d in server.deliveries for a in d.rcpt_tos)
+    assert delivered == ["u2@example.com", "u3@example.com"]
+
+
+def test_chunks_cost_no_extra_round_trip_without_a_caller_to_ask(server, monkeypatch):
+    """
+    send_messages() has no one to ask between a message's transactions:
+    each chunk's content goes in the same write as the next chunk's
+    commands.
+    """
+    writes = []
+    real_send = smtplib.SMTP.send
+
+    def send(self, data):
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        return real_send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", send)
+    to = [f"u{i}@example.com" for i in range(250)]
+    with configure(server, timeout=5):
+        message = EmailMessage("Hello", "body", "from@example.com", to)
+        assert mailers.default.send_messages([message]) == 1
+    transactions = [w for w in writes if not w.lower().startswith((b"ehlo", b"quit"))]
+    # Three transactions: MAIL…DATA; content, MAIL…DATA; content, MAIL…DATA;
+    # content. Without PIPELINING, a command at a time.
+    assert len(transactions) == 4 if server.pipelining else len(transactions) > 250
