@@ -3,8 +3,9 @@ Delivery of claimed outbox messages, and the record of each attempt.
 
 ``deliver_batch()`` takes messages already leased to a worker (see
 ``OutboxMessageQuerySet.claim()``), opens one connection per mailer, sends
-each message to its pending recipients, and writes the outcome right after
-each message. Nothing here runs inside a transaction while talking SMTP.
+each message to its pending recipients (a group's messages for one SMTP
+mailer as one pipelined run, ``_Run``), and writes the outcomes a group at
+a time. Nothing here runs inside a transaction while talking SMTP.
 
 Classification:
 
@@ -755,8 +756,10 @@ class _Run:
     Each following message is asked for, right before its first command
     is written, what the message loop asks before each send: the worker
     isn't stopping, the outcomes waiting to be written are younger than
-    ``RECORD_GROUP_SECONDS`` (counted from the run's start), and this
-    worker still holds the message's lease. The first that may not go ends
+    ``RECORD_GROUP_SECONDS`` (counted from the run's start), and less than
+    half of the message's lease is spent (renewing it, a database call, is
+    the loop's work, never done while content waits). The first that may
+    not go ends
     the run: it and the ones after it are left untried, and the loop takes
     them from there, in order, as if the run had never reached them. So
     what a run sent always comes before what the loop has left to do.
