@@ -759,10 +759,9 @@ class _Run:
     ``RECORD_GROUP_SECONDS`` (counted from the run's start), and less than
     half of the message's lease is spent (renewing it, a database call, is
     the loop's work, never done while content waits). The first that may
-    not go ends
-    the run: it and the ones after it are left untried, and the loop takes
-    them from there, in order, as if the run had never reached them. So
-    what a run sent always comes before what the loop has left to do.
+    not go ends the run: it and the ones after it are left untried, and the
+    loop takes them from there, in order, as if the run had never reached
+    them. So what a run sent always comes before what the loop has left.
     """
 
     def __init__(
