@@ -76,6 +76,16 @@ def take_over(pk, by="other"):
     return claimed
 
 
+def run_worker_command(*args):
+    """``mailkit_worker`` in this process, its signal handlers undone after."""
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        call_command("mailkit_worker", *args)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
 def snapshot(pk):
     message = OutboxMessage.objects.filter(pk=pk).values().get()
     recipients = list(
@@ -576,12 +586,7 @@ class TestSigterm:
             os.kill(os.getpid(), signal.SIGTERM)
 
         HookBackend.hook = sigterm
-        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-        try:
-            call_command("mailkit_worker", "--interval", "0", "--batch-size", "4")
-        finally:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+        run_worker_command("--interval", "0", "--batch-size", "4")
         assert "Finishing the message in flight" in capsys.readouterr().err
         assert len(HookBackend.delivered) == 1
         first, *rest = OutboxMessage.objects.order_by("pk")

@@ -10,12 +10,10 @@ with PIPELINING and one without.
 import os
 import signal
 import threading
-from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from django.core.management import call_command
 from django.db import OperationalError
 from django.test import override_settings
 from django.utils import timezone
@@ -32,10 +30,9 @@ from django_mailkit.models import (
 )
 from django_mailkit.worker import Worker
 from tests.mailers import outbox_via_smtp
+from tests.test_outbox_fencing import LEASE, run_worker_command, take_over
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-LEASE = timedelta(minutes=1)
 
 
 @pytest.fixture
@@ -96,6 +93,39 @@ def turns(monkeypatch):
     return count
 
 
+@pytest.fixture
+def after_send(monkeypatch):
+    """
+    ``after_send(hook, connections=None)``: call ``hook(data)`` after each
+    write of bytes on the SMTP connections opened from then on; past
+    ``connections`` of them, opening another is refused.
+    """
+
+    def install(hook, *, connections=None):
+        real_connect = smtp_backend.EmailBackend._connect
+        opened = []
+
+        def connect(self):
+            opened.append(self)
+            if connections is not None and len(opened) > connections:
+                raise ConnectionRefusedError("refused")
+            connection = real_connect(self)
+            send = connection.send
+
+            def hooked(data):
+                result = send(data)
+                if isinstance(data, bytes):
+                    hook(data)
+                return result
+
+            connection.send = hooked
+            return connection
+
+        monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+
+    return install
+
+
 def test_a_group_costs_one_round_trip_a_message(server, turns):
     queue(10)
     stats = Worker(once=True, interval=0).run()
@@ -126,12 +156,7 @@ def test_sigterm_during_a_run_finishes_what_is_on_the_wire(server):
         os.kill(os.getpid(), signal.SIGTERM)
 
     server.on_delivery = sigterm
-    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    try:
-        call_command("mailkit_worker", "--interval", "0", "--batch-size", "6")
-    finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+    run_worker_command("--interval", "0", "--batch-size", "6")
     sent = ["m0", "m1"] if server.pipelining else ["m0"]
     assert delivered(server) == sent
     assert statuses() == {
@@ -142,44 +167,27 @@ def test_sigterm_during_a_run_finishes_what_is_on_the_wire(server):
     assert {m.claimed_by for m in released} == {""}
 
 
-def take_over(pk, by="other"):
-    """What happens when a worker's lease runs out: another takes the message."""
-    OutboxMessage.objects.filter(pk=pk).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1)
-    )
-    assert OutboxMessage.objects.recover_expired() == 1
-    (claimed,) = OutboxMessage.objects.claim(by, limit=1, lease=LEASE, ids=[pk])
-    return claimed
-
-
-def test_a_message_taken_over_during_the_run_is_not_sent(server, monkeypatch):
+def test_a_message_taken_over_during_the_run_is_not_sent(
+    server, monkeypatch, after_send
+):
     """
     The worker is paused past its lease once the second message's commands
-    are out, and another worker takes the fourth over meanwhile. The run
-    renews each further message's lease (fenced) before writing its first
-    command: the fourth is not sent, and its row stays as the other worker
-    left it; the rest go.
+    are out, and another worker takes the fourth over meanwhile. A lease
+    more than half spent ends the run before its message, and the loop
+    renews it (fenced): the fourth is not sent, and its row stays as the
+    other worker left it; the rest go.
     """
     records = queue(6)
     claimed = OutboxMessage.objects.claim("slow", limit=6, lease=LEASE)
     taken = {}
     real_now = timezone.now
-    real_connect = smtp_backend.EmailBackend._connect
 
-    def connect(self):
-        connection = real_connect(self)
-        send = connection.send
+    def paused(data):
+        if b"<u1@example.com>" in data and not taken:
+            taken["row"] = take_over(records[3].pk)
+            monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
 
-        def paused_after(data):
-            send(data)
-            if isinstance(data, bytes) and b"<u1@example.com>" in data and not taken:
-                taken["row"] = take_over(records[3].pk)
-                monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
-
-        connection.send = paused_after
-        return connection
-
-    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    after_send(paused)
     result = deliver_batch(claimed, worker="slow", lease=LEASE)
     monkeypatch.setattr(timezone, "now", real_now)
     assert delivered(server) == ["m0", "m1", "m2", "m4", "m5"]
@@ -325,7 +333,9 @@ def test_a_message_s_content_never_waits_for_the_database(server, monkeypatch):
     assert delivered(server) == ["m0", "m1", "m2", "m3"]
 
 
-def test_sigterm_after_a_lost_lease_keeps_what_was_sent(server, monkeypatch):
+def test_sigterm_after_a_lost_lease_keeps_what_was_sent(
+    server, monkeypatch, after_send
+):
     """
     The second message is taken over during the run, and a SIGTERM comes
     while the server takes the third: what went out stays recorded as sent
@@ -334,24 +344,14 @@ def test_sigterm_after_a_lost_lease_keeps_what_was_sent(server, monkeypatch):
     records = queue(6)
     claimed = OutboxMessage.objects.claim("slow", limit=6, lease=LEASE)
     real_now = timezone.now
-    real_connect = smtp_backend.EmailBackend._connect
     stop = threading.Event()
 
-    def connect(self):
-        connection = real_connect(self)
-        send = connection.send
+    def paused(data):
+        if b"<u0@example.com>" in data and timezone.now is real_now:
+            take_over(records[1].pk)
+            monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
 
-        def paused_after(data):
-            send(data)
-            if isinstance(data, bytes) and b"<u0@example.com>" in data:
-                if not stop.is_set() and timezone.now is real_now:
-                    take_over(records[1].pk)
-                    monkeypatch.setattr(timezone, "now", lambda: real_now() + LEASE)
-
-        connection.send = paused_after
-        return connection
-
-    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    after_send(paused)
     server.on_delivery = lambda d: d.message["Subject"] == "m2" and stop.set()
     result = deliver_batch(claimed, worker="slow", lease=LEASE, should_stop=stop.is_set)
     monkeypatch.setattr(timezone, "now", real_now)
@@ -436,7 +436,7 @@ def test_a_reconnection_refused_leaves_the_rest_of_the_run_untried(server):
     }
 
 
-def test_sigterm_and_no_connection_leave_the_rest_untried(server, monkeypatch):
+def test_sigterm_and_no_connection_leave_the_rest_untried(server, after_send):
     """
     A SIGTERM as the second message's content goes out, then the server
     hangs up and no new connection can be opened: the messages the run
@@ -445,25 +445,7 @@ def test_sigterm_and_no_connection_leave_the_rest_untried(server, monkeypatch):
     queue(5)
     claimed = OutboxMessage.objects.claim("w", limit=5, lease=LEASE)
     stop = threading.Event()
-    real_connect = smtp_backend.EmailBackend._connect
-    connections = []
-
-    def connect(self):
-        connections.append(self)
-        if len(connections) > 1:
-            raise ConnectionRefusedError("refused")
-        connection = real_connect(self)
-        send = connection.send
-
-        def stop_at_m1(data):
-            if isinstance(data, bytes) and b"Subject: m1" in data:
-                stop.set()
-            return send(data)
-
-        connection.send = stop_at_m1
-        return connection
-
-    monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+    after_send(lambda data: b"Subject: m1" in data and stop.set(), connections=1)
     server.hang_up_during_data(times=1, skip=1)
     deliver_batch(claimed, worker="w", lease=LEASE, should_stop=stop.is_set)
     assert delivered(server) == ["m0"]
@@ -510,7 +492,7 @@ def test_sigterm_releases_an_unsignable_message_untried(smtp_server_factory, dki
 
 
 def test_between_transactions_the_content_goes_before_the_renewal(
-    smtp_server_factory, monkeypatch
+    smtp_server_factory, monkeypatch, after_send
 ):
     """
     A message in several transactions: the lease is renewed (a database
@@ -524,27 +506,18 @@ def test_between_transactions_the_content_goes_before_the_renewal(
     ):
         send_mail("s", "b", None, [f"u{i}@example.com" for i in range(6)])
         real_now = timezone.now
-        real_connect = smtp_backend.EmailBackend._connect
         seen = []
 
-        def connect(self):
-            connection = real_connect(self)
-            send = connection.send
-
-            def half_spent_after_the_first(data):
-                send(data)
-                if isinstance(data, bytes) and b"<u1@example.com>" in data:
-                    later = lambda: real_now() + LEASE * 0.6  # noqa: E731
-                    monkeypatch.setattr(timezone, "now", later)
-
-            connection.send = half_spent_after_the_first
-            return connection
+        def half_spent_after_the_first(data):
+            if b"<u1@example.com>" in data:
+                later = lambda: real_now() + LEASE * 0.6  # noqa: E731
+                monkeypatch.setattr(timezone, "now", later)
 
         def renew(self, lease):
             seen.append([d.rcpt_tos for d in server.deliveries])
             return False  # taken over meanwhile
 
-        monkeypatch.setattr(smtp_backend.EmailBackend, "_connect", connect)
+        after_send(half_spent_after_the_first)
         monkeypatch.setattr(OutboxMessage, "renew_lease", renew)
         (claimed,) = OutboxMessage.objects.claim("w", limit=1, lease=LEASE)
         deliver_batch([claimed], worker="w", lease=LEASE)

@@ -407,13 +407,7 @@ class EmailBackend(BaseEmailBackend):
                 raise smtplib.SMTPServerDisconnected(
                     "Could not connect (failed silently)."
                 )
-            self.connection = run_jobs(
-                list(jobs),
-                connect=self._connect,
-                connection=self.connection,
-                max_recipients=self.max_recipients_per_transaction,
-                max_connections=1,
-            )
+            self._run(list(jobs), max_connections=1)
 
     def _sign(self, jobs: list[Job]) -> None:
         """
@@ -425,13 +419,13 @@ class EmailBackend(BaseEmailBackend):
             for job in jobs:
                 job.data = self.dkim_signer.sign(job.data)
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _run(self, jobs: list[Job], *, max_connections: int | None = None) -> None:
         self.connection = run_jobs(
             jobs,
             connect=self._connect,
             connection=self.connection,
             max_recipients=self.max_recipients_per_transaction,
-            max_connections=self.max_connections,
+            max_connections=max_connections or self.max_connections,
         )
 
     def _settle(self, job: Job) -> BaseException | None:
